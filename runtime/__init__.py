@@ -1,0 +1,3 @@
+"""airuntime: the management sidecar beside an LLM inference engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,260 @@
+"""The `airuntime` command line: `serve` and `metrics rewrite`, with the flags of AIBrix and Kthena as aliases.
+
+Every setting reads, in order: its flag, our `AIRUNTIME_*` variable, the competitor's variable, the default.
+Bad input ends with one readable line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from runtime import __version__
+from runtime.config import ConfigError, ServeConfig, normalize_engine_url, normalize_path
+from runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from runtime.metrics.rules import (
+    DEFAULT_PROFILE,
+    RulesError,
+    RuleSet,
+    available_engines,
+    available_profiles,
+    build_ruleset,
+    load_rules_file,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("airuntime")
+
+
+def _engine_choice() -> click.Choice[str]:
+    return click.Choice(available_engines(), case_sensitive=False)
+
+
+def metrics_options(func: F) -> F:
+    """Options shared by `serve` and `metrics rewrite`: both run the same rewriter with the same rules."""
+    options = [
+        click.option(
+            "-E",
+            "--engine",
+            type=_engine_choice(),
+            default="vllm",
+            show_default=True,
+            envvar=["AIRUNTIME_ENGINE", "INFERENCE_ENGINE"],
+            help="Inference engine beside the sidecar (env AIRUNTIME_ENGINE, INFERENCE_ENGINE).",
+        ),
+        click.option(
+            "--metrics-prefix",
+            default=None,
+            envvar="AIRUNTIME_METRICS_PREFIX",
+            help="Prefix of unified metric names, PREFIX:name [default: airuntime, or the profile's].",
+        ),
+        click.option(
+            "--metrics-profile",
+            type=click.Choice(available_profiles()),
+            default=DEFAULT_PROFILE,
+            show_default=True,
+            envvar="AIRUNTIME_METRICS_PROFILE",
+            help="Name set of the unified families: our own, or another product's (aibrix).",
+        ),
+        click.option(
+            "--metrics-rules",
+            type=click.Path(dir_okay=False),
+            default=None,
+            envvar="AIRUNTIME_METRICS_RULES",
+            help="JSON or YAML file of extra or replacing rename rules.",
+        ),
+        click.option(
+            "--raw-metrics/--no-raw-metrics",
+            default=True,
+            show_default=True,
+            envvar="AIRUNTIME_RAW_METRICS",
+            help="Keep the engine's own families beside the unified ones.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None) -> RuleSet:
+    overrides = load_rules_file(metrics_rules) if metrics_rules else None
+    return build_ruleset(engine.lower(), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
+
+
+def _version_text() -> str:
+    return f"airuntime {__version__} (Python {platform.python_version()})"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", message=_version_text())
+def cli() -> None:
+    """airuntime: the management sidecar beside an LLM inference engine."""
+
+
+@cli.command()
+@metrics_options
+@click.option(
+    "-B",
+    "--engine-url",
+    "--engine-base-url",
+    "engine_url",
+    default="http://localhost:8000",
+    show_default=True,
+    envvar=["AIRUNTIME_ENGINE_URL", "INFERENCE_ENGINE_ENDPOINT"],
+    help="Base URL of the engine (env AIRUNTIME_ENGINE_URL, INFERENCE_ENGINE_ENDPOINT).",
+)
+@click.option(
+    "-M",
+    "--engine-metrics-path",
+    default="/metrics",
+    show_default=True,
+    envvar=["AIRUNTIME_ENGINE_METRICS_PATH", "METRIC_SCRAPE_PATH"],
+    help="Path of the engine's Prometheus endpoint (env METRIC_SCRAPE_PATH too).",
+)
+@click.option(
+    "--engine-health-path",
+    default=None,
+    envvar="AIRUNTIME_ENGINE_HEALTH_PATH",
+    help="Path of the engine's health check used by /ready [default: the engine's own, e.g. /health].",
+)
+@click.option(
+    "--engine-api-key",
+    default=None,
+    envvar=["AIRUNTIME_ENGINE_API_KEY", "INFERENCE_ENGINE_API_KEY"],
+    help="Sent to the engine as a Bearer token (env INFERENCE_ENGINE_API_KEY too). Never logged.",
+)
+@click.option("-H", "--host", default="0.0.0.0", show_default=True, envvar="AIRUNTIME_HOST", help="Listen address.")
+@click.option(
+    "-P",
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=9000,
+    show_default=True,
+    envvar="AIRUNTIME_PORT",
+    help="Listen port.",
+)
+@click.option(
+    "--scrape-timeout",
+    type=click.FloatRange(0.05, 300),
+    default=2.0,
+    show_default=True,
+    envvar="AIRUNTIME_SCRAPE_TIMEOUT",
+    help="Seconds to wait for the engine's metrics or health answer.",
+)
+@click.option("-I", "--pod", default="", envvar="AIRUNTIME_POD", help="Pod name, shown in sidecar_info.")
+@click.option("-N", "--model", default="", envvar="AIRUNTIME_MODEL", help="Model name, shown in sidecar_info.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="AIRUNTIME_LOG_LEVEL",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="AIRUNTIME_LOG_FORMAT",
+)
+@click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
+def serve(
+    engine: str,
+    metrics_prefix: str | None,
+    metrics_profile: str,
+    metrics_rules: str | None,
+    raw_metrics: bool,
+    engine_url: str,
+    engine_metrics_path: str,
+    engine_health_path: str | None,
+    engine_api_key: str | None,
+    host: str,
+    port: int,
+    scrape_timeout: float,
+    pod: str,
+    model: str,
+    log_level: str,
+    log_format: str,
+    print_config: bool,
+) -> None:
+    """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
+    config = ServeConfig(
+        engine=engine.lower(),
+        engine_url=normalize_engine_url(engine_url),
+        engine_metrics_path=normalize_path(engine_metrics_path, "--engine-metrics-path"),
+        engine_health_path=normalize_path(engine_health_path, "--engine-health-path") if engine_health_path else None,
+        engine_api_key=engine_api_key or None,
+        host=host,
+        port=port,
+        metrics_prefix=metrics_prefix,
+        metrics_profile=metrics_profile,
+        metrics_rules=metrics_rules,
+        raw_metrics=raw_metrics,
+        scrape_timeout=scrape_timeout,
+        log_level=log_level.lower(),
+        log_format=log_format,
+        pod=pod,
+        model=model,
+    )
+    rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)
+    if print_config:
+        click.echo(orjson.dumps(config.describe(), option=orjson.OPT_INDENT_2).decode())
+        return
+    configure_logging(config.log_level, config.log_format)
+    log.info("starting airuntime %s", __version__, extra={"fields": {"config": config.describe()}})
+    from runtime.server.app import serve as run_server
+
+    run_server(config, rules)
+
+
+@cli.group()
+def metrics() -> None:
+    """Work with metric rewriting offline."""
+
+
+@metrics.command("rewrite")
+@metrics_options
+def rewrite(
+    engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None, raw_metrics: bool
+) -> None:
+    """Rewrite an exposition read on stdin to stdout, exactly as `serve` rewrites the engine's /metrics."""
+    from runtime.metrics.rewriter import MetricsRewriter
+
+    rules = compile_rules(engine, metrics_prefix, metrics_profile, metrics_rules)
+    rewriter = MetricsRewriter(rules, keep_raw=raw_metrics)
+    source = sys.stdin.buffer
+    read = getattr(source, "read1", source.read)
+    sink = sys.stdout.buffer
+    while chunk := read(64 * 1024):
+        rewriter.feed(chunk)
+        sink.writelines(rewriter.take())
+    rewriter.finish()
+    sink.writelines(rewriter.take())
+    sink.flush()
+    if rewriter.invalid_lines:
+        click.echo(f"airuntime: dropped {rewriter.invalid_lines} invalid line(s)", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: click's own errors and ours become one line on stderr."""
+    try:
+        cli.main(args=argv, prog_name="airuntime", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"airuntime: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (ConfigError, RulesError) as exc:
+        click.echo(f"airuntime: error: {exc}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(1)

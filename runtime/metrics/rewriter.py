@@ -1,0 +1,312 @@
+"""The streaming rewriter: engine exposition bytes in, raw families plus unified copies out, one line at a time.
+
+It never builds a metric model and never re-renders the engine's lines: a raw line is passed through as the same
+bytes (less an OpenMetrics exemplar), and a unified sample is the new family name joined to the original line's
+labels, value and timestamp. The unified copy of a family (HELP, TYPE, every sample) is emitted as a whole right
+after the raw family ends, so the output keeps every family contiguous with one TYPE line.
+
+Sample names are matched against the family they belong to, so counters keep `_total`, histograms keep
+`_bucket/_sum/_count`, and `_created` series are left out of unified copies. When several engine names feed one
+unified family (engine-version drift), the copies are held to the end of the scrape and only the preferred one is
+emitted. Lines that are not valid text exposition are dropped and counted.
+
+Input is text format 0.0.4 (what engines serve for `Accept: text/plain;version=0.0.4`); OpenMetrics input is turned
+into valid 0.0.4 output where that is a line-level change: `# EOF`/`# UNIT` lines and exemplars are dropped,
+`_created` samples inside a family are dropped, and a counter's HELP/TYPE names get the `_total` of its samples.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from runtime.metrics.rules import RuleSet, SourceRule
+
+_NAME = rb"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = rb'[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*"(?:[^"\\\n]|\\.)*"'
+_LABELS = rb"\{[ \t]*(?:" + _LABEL + rb"(?:[ \t]*,[ \t]*" + _LABEL + rb")*[ \t]*,?[ \t]*)?\}"
+_VALUE = rb"(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)|(?i:nan))"
+# groups: 1 name, 2 labels+value+timestamp (the part a unified copy reuses), 3 labels
+_SAMPLE_RE = re.compile(
+    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])" + _VALUE + rb"(?:[ \t]+-?[0-9]+)?)[ \t]*"
+)
+_EXEMPLAR_RE = re.compile(rb"#[ \t]*\{.*$|#\s*$")
+_COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?$")
+
+_OPENMETRICS_ONLY_KINDS = {b"unknown", b"gaugehistogram", b"info", b"stateset"}
+_TEXT_KINDS = {b"counter", b"gauge", b"histogram", b"summary", b"untyped"}
+
+# For each kind: sample-name suffix (relative to the family name) -> suffix of the unified sample, or None to leave
+# the sample out of unified copies. Counters are keyed on the name without `_total`; see _member_map.
+_HISTOGRAM_SUFFIXES: dict[bytes, bytes | None] = {
+    b"_bucket": b"_bucket",
+    b"_sum": b"_sum",
+    b"_count": b"_count",
+    b"_created": None,
+}
+_SUMMARY_SUFFIXES: dict[bytes, bytes | None] = {b"": b"", b"_sum": b"_sum", b"_count": b"_count", b"_created": None}
+
+
+@dataclass
+class _Copy:
+    """The unified copy of one engine family under construction."""
+
+    rule: SourceRule
+    target_base: bytes
+    samples: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Family:
+    name: bytes
+    kind: bytes
+    members: dict[bytes, bytes | None]
+    help_text: bytes | None = None
+    header_lines: list[bytes] = field(default_factory=list)  # raw HELP/TYPE, emitted with the first sample
+    has_samples: bool = False
+    typed: bool = False
+    copies: list[_Copy] = field(default_factory=list)
+
+
+class MetricsRewriter:
+    """Feed exposition bytes in chunks; collect output pieces with `take()` after `feed()`/`finish()`."""
+
+    def __init__(self, rules: RuleSet, keep_raw: bool = True) -> None:
+        self._rules_by_source: dict[bytes, list[SourceRule]] = {
+            name.encode(): found for name, found in rules.by_source.items()
+        }
+        self._target_order = [target.encode() for target in rules.targets]
+        self._keep_raw = keep_raw
+        self._out: list[bytes] = []
+        self._partial = b""
+        self._family: _Family | None = None
+        self._emitted_targets: set[bytes] = set()
+        self._pending: dict[bytes, tuple[int, list[bytes]]] = {}
+        self.invalid_lines = 0
+        self.sample_lines = 0
+
+    # -- input -----------------------------------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        data = self._partial + chunk if self._partial else chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def finish(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        self._end_family()
+        for target in self._target_order:
+            held = self._pending.pop(target, None)
+            if held is not None:
+                self._out.extend(held[1])
+
+    def take(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    # -- lines -----------------------------------------------------------------------------------------------
+    def _line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line or line.isspace():
+            return
+        if line[0] == 0x23:  # '#'
+            self._comment(line)
+            return
+        match = _SAMPLE_RE.match(line)
+        if match is None:
+            self.invalid_lines += 1
+            return
+        if match.end() != len(line):
+            if _EXEMPLAR_RE.fullmatch(line, match.end()) is None:
+                self.invalid_lines += 1
+                return
+            line = line[: match.end(2)]  # OpenMetrics exemplar: not valid in text format 0.0.4
+        self.sample_lines += 1
+        name = match.group(1)
+        family = self._family
+        if family is None or name not in family.members:
+            self._end_family()
+            family = self._family = self._implicit_family(name)
+        out_suffix = family.members[name]
+        if out_suffix is None and family.kind != b"untyped":
+            return  # an OpenMetrics `_created` sample inside its family
+        if not family.has_samples:
+            family.has_samples = True
+            self._emit_raw_headers(family, name)
+        if self._keep_raw:
+            self._out.append(line + b"\n")
+        if out_suffix is None:
+            return
+        for copy in family.copies:
+            body = match.group(2)
+            match_label = copy.rule.match_label
+            if match_label is not None:
+                body = _without_label(body, match.group(3), match_label)
+                if body is None:
+                    continue
+            copy.samples.append(copy.target_base + out_suffix + body + b"\n")
+
+    def _comment(self, line: bytes) -> None:
+        match = _COMMENT_RE.match(line)
+        if match is None:
+            if line.startswith((b"# HELP", b"# TYPE")):
+                self.invalid_lines += 1
+            return  # free comments and `# EOF` carry no samples
+        keyword, name, rest = match.group(1), match.group(2), match.group(3) or b""
+        if keyword == b"UNIT":
+            return
+        family = self._family
+        if keyword == b"HELP":
+            if family is None or family.name != name or family.has_samples or family.help_text is not None:
+                self._end_family()
+                family = self._family = self._new_family(name, b"untyped")
+            family.help_text = rest
+            family.header_lines.insert(0, b"# HELP %s %s\n" % (name, rest))
+            return
+        kind = rest.strip().lower()
+        if kind in _OPENMETRICS_ONLY_KINDS:
+            kind = b"untyped"
+        elif kind not in _TEXT_KINDS:
+            self.invalid_lines += 1
+            return
+        if family is None or family.name != name or family.has_samples or family.typed:
+            self._end_family()
+            family = self._family = self._new_family(name, kind)
+        else:  # HELP came first: give the family its kind
+            retyped = self._new_family(name, kind)
+            retyped.help_text, retyped.header_lines = family.help_text, family.header_lines
+            family = self._family = retyped
+        family.typed = True
+        family.header_lines.append(b"# TYPE %s %s\n" % (name, kind))
+
+    # -- families --------------------------------------------------------------------------------------------
+    def _new_family(self, name: bytes, kind: bytes) -> _Family:
+        members = _member_map(name, kind)
+        family = _Family(name=name, kind=kind, members=members)
+        lookup = _counter_base(name) + b"_total" if kind == b"counter" else name
+        rules = self._rules_by_source.get(lookup) or self._rules_by_source.get(name)
+        if rules:
+            family.copies = [_Copy(rule=rule, target_base=_target_base(rule)) for rule in rules if self._wanted(rule)]
+        return family
+
+    def _implicit_family(self, sample_name: bytes) -> _Family:
+        """A family met through a sample with no HELP/TYPE before it: typed by the rule that claims it, if any."""
+        rules = self._rules_by_source.get(sample_name)
+        if rules:
+            return self._new_family(sample_name, rules[0].kind.encode())
+        for suffix in (b"_bucket", b"_sum", b"_count", b"_created"):
+            if sample_name.endswith(suffix):
+                base = sample_name[: -len(suffix)]
+                rules = self._rules_by_source.get(base)
+                if rules and rules[0].kind in ("histogram", "summary"):
+                    return self._new_family(base, rules[0].kind.encode())
+        return _Family(name=sample_name, kind=b"untyped", members={sample_name: b""})
+
+    def _wanted(self, rule: SourceRule) -> bool:
+        target = rule.target.encode()
+        if target in self._emitted_targets:
+            return False
+        return not (self._keep_raw and rule.source == rule.target)
+
+    def _emit_raw_headers(self, family: _Family, first_sample: bytes) -> None:
+        if not self._keep_raw or not family.header_lines:
+            return
+        headers = family.header_lines
+        if family.kind == b"counter" and not family.name.endswith(b"_total") and first_sample.endswith(b"_total"):
+            # OpenMetrics names the counter family without `_total`; text 0.0.4 names it as its samples.
+            headers = [h.replace(b" " + family.name + b" ", b" " + first_sample + b" ", 1) for h in headers]
+        self._out.extend(headers)
+        family.header_lines = []
+
+    def _end_family(self) -> None:
+        family = self._family
+        if family is None:
+            return
+        self._family = None
+        if family.header_lines and self._keep_raw and not family.has_samples:
+            self._out.extend(family.header_lines)
+        for copy in family.copies:
+            if not copy.samples:
+                continue
+            target = copy.rule.target.encode()
+            kind = family.kind if family.kind != b"untyped" else copy.rule.kind.encode()
+            lines = []
+            if family.help_text is not None:
+                lines.append(b"# HELP %s %s\n" % (target, family.help_text))
+            lines.append(b"# TYPE %s %s\n" % (target, kind))
+            lines.extend(copy.samples)
+            if copy.rule.contested:
+                held = self._pending.get(target)
+                if held is None or copy.rule.priority < held[0]:
+                    self._pending[target] = (copy.rule.priority, lines)
+            elif target not in self._emitted_targets:
+                self._emitted_targets.add(target)
+                self._out.extend(lines)
+
+
+def _counter_base(name: bytes) -> bytes:
+    return name[:-6] if name.endswith(b"_total") else name
+
+
+def _target_base(rule: SourceRule) -> bytes:
+    target = rule.target.encode()
+    return _counter_base(target) if rule.kind == "counter" else target
+
+
+def _member_map(name: bytes, kind: bytes) -> dict[bytes, bytes | None]:
+    """Sample names that belong to family `name` of `kind`, each with the suffix its unified copy gets."""
+    if kind == b"counter":
+        base = _counter_base(name)
+        return {name: b"_total", base + b"_total": b"_total", base + b"_created": None}
+    if kind == b"histogram":
+        return {name + suffix: out for suffix, out in _HISTOGRAM_SUFFIXES.items()}
+    if kind == b"summary":
+        return {name + suffix: out for suffix, out in _SUMMARY_SUFFIXES.items()}
+    return {name: b""}
+
+
+def _without_label(body: bytes, labels: bytes | None, pair: bytes) -> bytes | None:
+    """`body` (labels, value, timestamp) with label `pair` removed, or None when the sample does not carry it."""
+    if not labels:
+        return None
+    parts = [part.strip(b" \t") for part in _split_labels(labels[1:-1])]
+    if pair not in parts:
+        return None
+    kept = [part for part in parts if part and part != pair]
+    rest = body[len(labels) :]
+    return b"{" + b",".join(kept) + b"}" + rest if kept else rest
+
+
+def _split_labels(inner: bytes) -> list[bytes]:
+    """Split `a="x",b="y,z"` on the commas outside quoted values."""
+    parts: list[bytes] = []
+    start = 0
+    in_quotes = False
+    index = 0
+    while index < len(inner):
+        char = inner[index]
+        if char == 0x5C and in_quotes:  # backslash escapes the next byte
+            index += 2
+            continue
+        if char == 0x22:
+            in_quotes = not in_quotes
+        elif char == 0x2C and not in_quotes:
+            parts.append(inner[start:index])
+            start = index + 1
+        index += 1
+    parts.append(inner[start:])
+    return parts
+
+
+def rewrite_bytes(payload: bytes, rules: RuleSet, keep_raw: bool = True) -> tuple[bytes, MetricsRewriter]:
+    """Rewrite a whole payload; returns the output and the rewriter (for its counts)."""
+    rewriter = MetricsRewriter(rules, keep_raw=keep_raw)
+    rewriter.feed(payload)
+    rewriter.finish()
+    return b"".join(rewriter.take()), rewriter

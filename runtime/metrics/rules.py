@@ -1,0 +1,250 @@
+"""Metric rename rules: load the per-engine tables (data), apply overrides and profiles, compile a lookup.
+
+A table is JSON shipped in `runtime/metrics/tables/<engine>.json`:
+
+    {"engine": "vllm", "health_path": "/health",
+     "families": [{"name": "kv_cache_usage_perc", "type": "gauge",
+                   "sources": ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"]}, ...]}
+
+`name` is the unified family name without prefix; `sources` are engine family names as exposed in text format
+0.0.4 (counters with `_total`), newest first: when several appear in one scrape the first listed wins. A source may
+also be an object `{"name": ..., "match": {"label": "value"}}` to take only the series carrying that label value
+(the label is then dropped from the unified copy).
+
+A user rules file (`--metrics-rules`, JSON or YAML) has the same `families` list, merged by `name` (a listed family
+replaces the shipped one), plus an optional `drop` list of unified names to remove.
+
+A profile (`tables/profile-<name>.json`) renames unified families for users of another product's names and keeps
+only the families it lists: `{"prefix": "aibrix", "names": {"num_requests_waiting": "queue_size", ...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+KINDS = ("counter", "gauge", "histogram", "summary", "untyped")
+DEFAULT_PREFIX = "airuntime"
+DEFAULT_PROFILE = "default"
+PROFILE_FILE_PREFIX = "profile-"
+
+
+class RulesError(ValueError):
+    """A rules table, rules file or profile is malformed or names something unknown."""
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """One engine family feeding one unified family."""
+
+    source: str
+    target: str  # full unified family name, prefix included (counters end in `_total`)
+    kind: str
+    priority: int  # 0 is the preferred (newest) source of `target`
+    contested: bool  # `target` has more than one source: the winner is known only at the end of a scrape
+    match_label: bytes | None = None  # b'label="value"' the series must carry (dropped from the copy)
+
+
+@dataclass
+class RuleSet:
+    """Compiled rules for one engine: lookups by engine family name, and the order of unified families."""
+
+    engine: str
+    prefix: str
+    health_path: str
+    by_source: dict[str, list[SourceRule]] = field(default_factory=dict)  # incl. the `vllm_x` spelling of `vllm:x`
+    targets: list[str] = field(default_factory=list)
+
+
+def available_engines() -> list[str]:
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in _tables_dir().iterdir()
+        if entry.name.endswith(".json") and not entry.name.startswith(PROFILE_FILE_PREFIX)
+    )
+
+
+def available_profiles() -> list[str]:
+    names = [
+        entry.name.removeprefix(PROFILE_FILE_PREFIX).removesuffix(".json")
+        for entry in _tables_dir().iterdir()
+        if entry.name.startswith(PROFILE_FILE_PREFIX) and entry.name.endswith(".json")
+    ]
+    return sorted([DEFAULT_PROFILE, *names])
+
+
+def load_engine_table(engine: str) -> dict[str, Any]:
+    if engine not in available_engines():
+        raise RulesError(f"unknown engine {engine!r}; known engines: {', '.join(available_engines())}")
+    data = json.loads((_tables_dir() / f"{engine}.json").read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise RulesError(f"table for {engine} is not an object")
+    return data
+
+
+def load_rules_file(path: str | Path) -> dict[str, Any]:
+    """Read a user rules file (JSON, or YAML by extension .yaml/.yml) into a dict; errors name the file."""
+    file_path = Path(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"cannot read rules file {file_path}: {exc.strerror or exc}") from exc
+    try:
+        if file_path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # both parsers' errors carry the position in their message
+        raise RulesError(f"rules file {file_path} is not valid {file_path.suffix or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RulesError(f"rules file {file_path} must hold an object with a 'families' list")
+    return data
+
+
+def build_ruleset(
+    engine: str,
+    prefix: str | None = None,
+    profile: str = DEFAULT_PROFILE,
+    overrides: dict[str, Any] | None = None,
+) -> RuleSet:
+    """Compile the rules for `engine` with `prefix`, a `profile` and user `overrides` applied."""
+    table = load_engine_table(engine)
+    families = _validated_families(table.get("families"), f"table {engine}")
+    if overrides:
+        families = _merge_overrides(families, overrides)
+
+    profile_names: dict[str, list[str]] | None = None
+    profile_prefix = DEFAULT_PREFIX
+    if profile != DEFAULT_PROFILE:
+        profile_data = _load_profile(profile)
+        profile_prefix = str(profile_data.get("prefix", DEFAULT_PREFIX))
+        names = profile_data.get("names")
+        if not isinstance(names, dict):
+            raise RulesError(f"profile {profile} has no 'names' object")
+        profile_names = {str(k): [v] if isinstance(v, str) else [str(n) for n in v] for k, v in names.items()}
+
+    effective_prefix = prefix or profile_prefix
+    _check_name_part(effective_prefix, "metrics prefix")
+    ruleset = RuleSet(engine=engine, prefix=effective_prefix, health_path=str(table.get("health_path", "/health")))
+    for family in families:
+        names = [family["name"]] if profile_names is None else profile_names.get(family["name"], [])
+        for unified in names:
+            _add_family(ruleset, family, f"{effective_prefix}:{unified}")
+    return ruleset
+
+
+def _add_family(ruleset: RuleSet, family: dict[str, Any], target: str) -> None:
+    kind = family["type"]
+    if kind == "counter" and not target.endswith("_total"):
+        target += "_total"
+    sources = family["sources"]
+    ruleset.targets.append(target)
+    for priority, source in enumerate(sources):
+        rule = SourceRule(
+            source=source["name"],
+            target=target,
+            kind=kind,
+            priority=priority,
+            contested=len(sources) > 1,
+            match_label=source["match_bytes"],
+        )
+        ruleset.by_source.setdefault(rule.source, []).append(rule)
+        alias = _underscore_spelling(rule.source)
+        if alias is not None:
+            ruleset.by_source.setdefault(alias, []).append(rule)
+
+
+def _tables_dir() -> Any:
+    return resources.files("runtime.metrics") / "tables"
+
+
+def _load_profile(profile: str) -> dict[str, Any]:
+    if profile not in available_profiles():
+        raise RulesError(f"unknown metrics profile {profile!r}; known profiles: {', '.join(available_profiles())}")
+    data = json.loads((_tables_dir() / f"{PROFILE_FILE_PREFIX}{profile}.json").read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise RulesError(f"profile {profile} is not an object")
+    return data
+
+
+def _validated_families(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise RulesError(f"{where}: 'families' must be a list")
+    families: list[dict[str, Any]] = []
+    for index, entry in enumerate(raw):
+        label = f"{where}: families[{index}]"
+        if not isinstance(entry, dict):
+            raise RulesError(f"{label} must be an object")
+        name = entry.get("name")
+        kind = entry.get("type")
+        sources = entry.get("sources")
+        if not isinstance(name, str) or not name:
+            raise RulesError(f"{label} needs a 'name'")
+        _check_name_part(name, f"{label} name")
+        if kind not in KINDS:
+            raise RulesError(f"{label} ({name}): 'type' must be one of {', '.join(KINDS)}")
+        if isinstance(sources, str):
+            sources = [sources]
+        if not isinstance(sources, list) or not sources:
+            raise RulesError(f"{label} ({name}): 'sources' must be a non-empty list")
+        families.append({"name": name, "type": kind, "sources": [_source(s, f"{label} ({name})") for s in sources]})
+    return families
+
+
+def _source(raw: Any, label: str) -> dict[str, Any]:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise RulesError(f"{label}: each source is a metric name or an object with a 'name'")
+    name = raw["name"]
+    _check_metric_name(name, label)
+    match = raw.get("match")
+    match_bytes: bytes | None = None
+    if match is not None:
+        if not isinstance(match, dict) or len(match) != 1:
+            raise RulesError(f"{label}: 'match' must be an object with exactly one label")
+        ((label_name, label_value),) = match.items()
+        escaped = str(label_value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        match_bytes = f'{label_name}="{escaped}"'.encode()
+    return {"name": name, "match_bytes": match_bytes}
+
+
+def _merge_overrides(families: list[dict[str, Any]], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    merged = {family["name"]: family for family in families}
+    if "families" in overrides:
+        for family in _validated_families(overrides["families"], "rules file"):
+            merged[family["name"]] = family
+    drop = overrides.get("drop", [])
+    if not isinstance(drop, list):
+        raise RulesError("rules file: 'drop' must be a list of unified names")
+    for name in drop:
+        if name not in merged:
+            raise RulesError(f"rules file: cannot drop {name!r}: no such unified family")
+        del merged[name]
+    unknown = set(overrides) - {"families", "drop", "comment"}
+    if unknown:
+        raise RulesError(f"rules file: unknown keys {', '.join(sorted(unknown))} (expected families, drop)")
+    return list(merged.values())
+
+
+def _underscore_spelling(name: str) -> str | None:
+    """`vllm:x` -> `vllm_x`: the spelling some re-exporters and OpenMetrics renderers put on the wire."""
+    if ":" not in name:
+        return None
+    return name.replace(":", "_")
+
+
+def _check_metric_name(name: str, label: str) -> None:
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name):
+        raise RulesError(f"{label}: {name!r} is not a valid metric name")
+
+
+def _check_name_part(name: str, label: str) -> None:
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+        raise RulesError(f"{label}: {name!r} must match [a-zA-Z_][a-zA-Z0-9_]*")

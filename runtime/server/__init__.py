@@ -1,0 +1,1 @@
+"""The HTTP server: application wiring, probes and the /metrics route."""

@@ -1,0 +1,106 @@
+"""The aiohttp application: routes, shared client session, JSON errors, and the run loop on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from runtime.config import ServeConfig
+from runtime.metrics.rules import RuleSet
+from runtime.metrics.scraper import EngineScraper
+from runtime.metrics.self_metrics import SidecarMetrics
+from runtime.server import probes
+from runtime.server.metrics_route import metrics_handler
+from runtime.server.state import SidecarState
+
+log = logging.getLogger("airuntime.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is a JSON body with a message; never an HTML page or a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": "internal error; see the sidecar's log", "status": 500}, status=500)
+
+
+def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    metrics = SidecarMetrics(rules.prefix, config.engine, pod=config.pod, model=config.model)
+    state = SidecarState(config=config, rules=rules, metrics=metrics)
+    app[SidecarState.KEY] = state
+
+    async def open_session(app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=16, keepalive_timeout=30, ttl_dns_cache=60)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        state.session = session
+        state.scraper = EngineScraper(
+            session,
+            config.engine_url,
+            config.engine_metrics_path,
+            rules,
+            keep_raw=config.raw_metrics,
+            timeout=config.scrape_timeout,
+            api_key=config.engine_api_key,
+            metrics=metrics,
+        )
+
+    async def close_session(app: web.Application) -> None:
+        if state.session is not None:
+            await state.session.close()
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_get("/metrics", metrics_handler)
+    probes.add_routes(app.router)
+    return app
+
+
+def serve(config: ServeConfig, rules: RuleSet) -> None:
+    """Run the sidecar until SIGINT/SIGTERM."""
+    import uvloop
+
+    app = create_app(config, rules)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        sock = _bind(config.host, config.port)
+    except OSError as exc:
+        loop.close()
+        raise SystemExit(f"airuntime: error: cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    log.info("listening", extra={"fields": {"address": f"http://{config.host}:{config.port}"}})
+    web.run_app(app, sock=sock, loop=loop, print=None, access_log=None, shutdown_timeout=5, handle_signals=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,41 @@
+"""Liveness and readiness: `/health` answers for the sidecar itself, `/ready` asks the engine.
+
+AIBrix's `/healthz` and the Kubernetes-style `/readyz` are aliases. `/health` never touches the engine, so a slow
+or dead engine cannot delay it.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from runtime.metrics.scraper import probe_health
+from runtime.server.state import SidecarState
+
+_HEALTHY = orjson.dumps({"status": "ok"})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(body=_HEALTHY, content_type="application/json")
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = SidecarState.of(request)
+    assert state.session is not None
+    url = state.health_url
+    ok, reason = await probe_health(state.session, url, state.config.scrape_timeout, state.config.engine_api_key)
+    body: dict[str, object] = {
+        "status": "ready" if ok else "not ready",
+        "engine": state.config.engine,
+        "reason": reason,
+    }
+    failure = state.scraper.last_failure if state.scraper is not None else None
+    body["metrics"] = "ok" if failure is None else f"failing ({failure.reason}): {failure.detail}"
+    return web.Response(body=orjson.dumps(body), status=200 if ok else 503, content_type="application/json")
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/health", health)
+    router.add_get("/healthz", health)
+    router.add_get("/ready", ready)
+    router.add_get("/readyz", ready)

@@ -1,0 +1,34 @@
+"""What the request handlers share: configuration, rules, metrics, the engine client session and scraper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import aiohttp
+from aiohttp import web
+
+from runtime.config import ServeConfig
+from runtime.metrics.rules import RuleSet
+from runtime.metrics.scraper import EngineScraper
+from runtime.metrics.self_metrics import SidecarMetrics
+
+
+@dataclass
+class SidecarState:
+    KEY: ClassVar[web.AppKey[SidecarState]] = web.AppKey("airuntime_state")
+
+    config: ServeConfig
+    rules: RuleSet
+    metrics: SidecarMetrics
+    session: aiohttp.ClientSession | None = None
+    scraper: EngineScraper | None = None
+
+    @property
+    def health_url(self) -> str:
+        path = self.config.engine_health_path or self.rules.health_path
+        return self.config.engine_url + path
+
+    @classmethod
+    def of(cls, request: web.Request) -> SidecarState:
+        return request.app[cls.KEY]

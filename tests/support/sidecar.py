@@ -1,0 +1,72 @@
+"""How tests start the sidecar: one place, so the same suites run against the source or a built binary.
+
+Set AIRUNTIME_BIN to an executable (e.g. dist/airuntime) to test it; otherwise `python -m runtime` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sidecar_command() -> list[str]:
+    binary = os.environ.get("AIRUNTIME_BIN")
+    if binary:
+        return [binary]
+    return [sys.executable, "-m", "runtime"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http_ok(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except Exception as exc:
+            last_error = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s: {last_error}")
+
+
+@contextmanager
+def running_sidecar(args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """Start `airuntime serve ARGS --host 127.0.0.1 --port P`, wait for /health, yield its base URL, stop it."""
+    port = port or free_port()
+    full_env = dict(os.environ)
+    full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
+    if env:
+        full_env.update(env)
+    command = [*sidecar_command(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(command, env=full_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{base}/health", proc=proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()

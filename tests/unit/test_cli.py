@@ -1,0 +1,157 @@
+"""The command line: precedence of flags and variables, competitor aliases, one-line errors, `metrics rewrite`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.sidecar import REPO_ROOT, sidecar_command
+
+CLEAN_ENV_PREFIXES = ("AIRUNTIME_", "INFERENCE_ENGINE", "METRIC_SCRAPE_PATH")
+
+
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_ENV_PREFIXES)}
+    base.setdefault("PYTHONPATH", str(REPO_ROOT))
+    base.update(env or {})
+    return subprocess.run(
+        [*sidecar_command(), *args], input=stdin, env=base, cwd=REPO_ROOT, capture_output=True, timeout=60
+    )
+
+
+def effective_config(args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    result = run_cli(["serve", *args, "--print-config"], env)
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_defaults() -> None:
+    config = effective_config([])
+    assert config["engine"] == "vllm"
+    assert config["engine_url"] == "http://localhost:8000"
+    assert config["engine_metrics_path"] == "/metrics"
+    assert config["port"] == 9000 and config["host"] == "0.0.0.0"
+    assert config["raw_metrics"] is True and config["scrape_timeout"] == 2.0
+
+
+def test_precedence_flag_over_our_env_over_compat_env_over_default() -> None:
+    compat = {"INFERENCE_ENGINE": "sglang", "INFERENCE_ENGINE_ENDPOINT": "http://compat:1", "METRIC_SCRAPE_PATH": "/c"}
+    assert effective_config([], compat)["engine"] == "sglang"
+    assert effective_config([], compat)["engine_url"] == "http://compat:1"
+    assert effective_config([], compat)["engine_metrics_path"] == "/c"
+    ours = {**compat, "AIRUNTIME_ENGINE": "vllm", "AIRUNTIME_ENGINE_URL": "http://ours:2"}
+    assert effective_config([], ours)["engine"] == "vllm"
+    assert effective_config([], ours)["engine_url"] == "http://ours:2"
+    flagged = effective_config(["--engine", "sglang", "--engine-url", "http://flag:3"], ours)
+    assert flagged["engine"] == "sglang" and flagged["engine_url"] == "http://flag:3"
+
+
+def test_kthena_short_flags() -> None:
+    config = effective_config(
+        [
+            "-E",
+            "sglang",
+            "-B",
+            "http://127.0.0.1:30000",
+            "-M",
+            "/m",
+            "-H",
+            "127.0.0.1",
+            "-P",
+            "9100",
+            "-I",
+            "p",
+            "-N",
+            "m",
+        ]
+    )
+    assert (config["engine"], config["engine_url"], config["engine_metrics_path"]) == (
+        "sglang",
+        "http://127.0.0.1:30000",
+        "/m",
+    )
+    assert (config["host"], config["port"], config["pod"], config["model"]) == ("127.0.0.1", 9100, "p", "m")
+    assert effective_config(["--engine-base-url", "http://x:1"])["engine_url"] == "http://x:1"
+
+
+def test_api_key_is_masked_everywhere() -> None:
+    result = run_cli(["serve", "--print-config"], {"INFERENCE_ENGINE_API_KEY": "sk-very-secret-value"})
+    assert result.returncode == 0
+    assert b"sk-very-secret-value" not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["engine_api_key"] == "****"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["serve", "--engine", "nope"], {}, "'nope' is not one of"),
+        (["serve"], {"INFERENCE_ENGINE": "tensorflow"}, "'tensorflow' is not one of"),
+        (["serve", "--engine-url", "ftp://x"], {}, "must look like http://HOST:PORT"),
+        (["serve", "--port", "99999"], {}, "99999 is not in the range"),
+        (["serve", "--metrics-prefix", "bad-prefix"], {}, "must match"),
+        (["serve", "--metrics-rules", "/does/not/exist.json"], {}, "cannot read rules file"),
+        (["serve", "--scrape-timeout", "abc"], {}, "is not a valid float"),
+        (["metrics", "rewrite", "--engine", "nope"], {}, "'nope' is not one of"),
+        (["nonsense"], {}, "No such command"),
+    ],
+)
+def test_bad_input_is_one_readable_line(args: list[str], env: dict[str, str], expected: str) -> None:
+    result = run_cli([*args, "--print-config"] if args[0] == "serve" else args, env)
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("airuntime: error: ") and expected in lines[0]
+    assert b"Traceback" not in result.stderr
+
+
+def test_bad_rules_file_names_the_problem(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("families:\n  - name: x\n    type: gauge\n")
+    result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == (
+        "airuntime: error: rules file: families[0] (x): 'sources' must be a non-empty list"
+    )
+    rules.write_text("families: [unclosed")
+    result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
+    assert result.returncode == 2 and b"is not valid .yaml" in result.stderr
+
+
+def test_bind_failure_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"])
+    assert result.returncode == 1
+    assert (
+        result.stderr.decode()
+        .strip()
+        .splitlines()[-1]
+        .startswith(f"airuntime: error: cannot listen on 127.0.0.1:{port}")
+    )
+
+
+def test_metrics_rewrite_streams_stdin_to_stdout(tmp_path: Path) -> None:
+    payload = b'# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{engine="0"} 5\nnot valid\n'
+    result = run_cli(["metrics", "rewrite", "--engine", "vllm", "--metrics-prefix", "kthena"], stdin=payload)
+    assert result.returncode == 0
+    assert b'kthena:generation_tokens_total{engine="0"} 5\n' in result.stdout
+    assert result.stderr.decode().strip() == "airuntime: dropped 1 invalid line(s)"
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"drop": ["generation_tokens_total"]}))
+    result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules), "--no-raw-metrics"], stdin=payload)
+    assert result.returncode == 0 and result.stdout == b""
+
+
+def test_version() -> None:
+    result = run_cli(["--version"])
+    assert result.returncode == 0 and result.stdout.startswith(b"airuntime ")
