@@ -45,3 +45,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) dist build/out .pytest_cache .mypy_cache .ruff_cache
+
+# --- binary and image (build/) ---
+# (targets for `make binary`, `make image`, `make test-binary` live in build/binary.mk)
+-include build/binary.mk

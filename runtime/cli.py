@@ -7,7 +7,6 @@ Bad input ends with one readable line on stderr and a non-zero exit, never a tra
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -88,14 +87,18 @@ def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str,
     return build_ruleset(engine.lower(), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
 
 
-def _version_text() -> str:
-    return f"airuntime {__version__} (Python {platform.python_version()})"
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, "--version", message=_version_text())
-def cli() -> None:
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--version", is_flag=True, help="Show version, git commit, build date and Python, then exit.")
+@click.pass_context
+def cli(ctx: click.Context, version: bool) -> None:
     """airuntime: the management sidecar beside an LLM inference engine."""
+    if version:
+        from runtime.build_info import version_text
+
+        click.echo(version_text())
+        raise click.exceptions.Exit(0)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 @cli.command()

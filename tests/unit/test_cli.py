@@ -155,3 +155,4 @@ def test_metrics_rewrite_streams_stdin_to_stdout(tmp_path: Path) -> None:
 def test_version() -> None:
     result = run_cli(["--version"])
     assert result.returncode == 0 and result.stdout.startswith(b"airuntime ")
+    assert b"commit: " in result.stdout and b"python: " in result.stdout
