@@ -21,9 +21,9 @@ from runtime.metrics.rules import (
     DEFAULT_PROFILE,
     RulesError,
     RuleSet,
-    available_engines,
     available_profiles,
     build_ruleset,
+    engine_choices,
     load_rules_file,
 )
 
@@ -33,7 +33,7 @@ log = logging.getLogger("airuntime")
 
 
 def _engine_choice() -> click.Choice[str]:
-    return click.Choice(available_engines(), case_sensitive=False)
+    return click.Choice(engine_choices(), case_sensitive=False)
 
 
 def metrics_options(func: F) -> F:
@@ -43,10 +43,10 @@ def metrics_options(func: F) -> F:
             "-E",
             "--engine",
             type=_engine_choice(),
-            default="vllm",
+            default="auto",
             show_default=True,
             envvar=["AIRUNTIME_ENGINE", "INFERENCE_ENGINE"],
-            help="Inference engine beside the sidecar (env AIRUNTIME_ENGINE, INFERENCE_ENGINE).",
+            help="Inference engine beside the sidecar; auto recognises it from its metrics.",
         ),
         click.option(
             "--metrics-prefix",
@@ -87,7 +87,9 @@ def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str,
     return build_ruleset(engine.lower(), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option("--version", is_flag=True, help="Show version, git commit, build date and Python, then exit.")
 @click.pass_context
 def cli(ctx: click.Context, version: bool) -> None:
@@ -116,10 +118,9 @@ def cli(ctx: click.Context, version: bool) -> None:
 @click.option(
     "-M",
     "--engine-metrics-path",
-    default="/metrics",
-    show_default=True,
+    default=None,
     envvar=["AIRUNTIME_ENGINE_METRICS_PATH", "METRIC_SCRAPE_PATH"],
-    help="Path of the engine's Prometheus endpoint (env METRIC_SCRAPE_PATH too).",
+    help="Path of the engine's Prometheus endpoint [default: the engine's own, /metrics for most].",
 )
 @click.option(
     "--engine-health-path",
@@ -191,7 +192,9 @@ def serve(
     config = ServeConfig(
         engine=engine.lower(),
         engine_url=normalize_engine_url(engine_url),
-        engine_metrics_path=normalize_path(engine_metrics_path, "--engine-metrics-path"),
+        engine_metrics_path=normalize_path(engine_metrics_path, "--engine-metrics-path")
+        if engine_metrics_path
+        else None,
         engine_health_path=normalize_path(engine_health_path, "--engine-health-path") if engine_health_path else None,
         engine_api_key=engine_api_key or None,
         host=host,

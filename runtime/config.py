@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class ServeConfig:
     engine: str
     engine_url: str
-    engine_metrics_path: str
+    engine_metrics_path: str | None  # None: the engine table's (most: /metrics)
     engine_health_path: str | None
     engine_api_key: str | None
     host: str

@@ -17,7 +17,9 @@ into valid 0.0.4 output where that is a line-level change: `# EOF`/`# UNIT` line
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from runtime.metrics.rules import RuleSet, SourceRule
@@ -30,6 +32,8 @@ _VALUE = rb"(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:in
 _SAMPLE_RE = re.compile(
     rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])" + _VALUE + rb"(?:[ \t]+-?[0-9]+)?)[ \t]*"
 )
+_BODY_RE = re.compile(rb"(\{.*\})?([ \t]*)(" + _VALUE + rb")(.*)$", re.DOTALL)
+_LE_RE = re.compile(rb'((?:^|[{,])[ \t]*le[ \t]*=[ \t]*")([^"]*)(")')
 _EXEMPLAR_RE = re.compile(rb"#[ \t]*\{.*$|#\s*$")
 _COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?$")
 
@@ -84,6 +88,7 @@ class MetricsRewriter:
         self._pending: dict[bytes, tuple[int, list[bytes]]] = {}
         self.invalid_lines = 0
         self.sample_lines = 0
+        self.families_by_engine: Counter[str] = Counter()  # engine families recognised, per engine table
 
     # -- input -----------------------------------------------------------------------------------------------
     def feed(self, chunk: bytes) -> None:
@@ -150,6 +155,8 @@ class MetricsRewriter:
                 body = _without_label(body, match.group(3), match_label)
                 if body is None:
                     continue
+            if copy.rule.divide_by is not None:
+                body = _converted(body, out_suffix, copy.rule.divide_by)
             copy.samples.append(copy.target_base + out_suffix + body + b"\n")
 
     def _comment(self, line: bytes) -> None:
@@ -231,6 +238,8 @@ class MetricsRewriter:
         self._family = None
         if family.header_lines and self._keep_raw and not family.has_samples:
             self._out.extend(family.header_lines)
+        if family.has_samples and family.copies:
+            self.families_by_engine.update({copy.rule.engine for copy in family.copies})
         for copy in family.copies:
             if not copy.samples:
                 continue
@@ -238,7 +247,10 @@ class MetricsRewriter:
             kind = family.kind if family.kind != b"untyped" else copy.rule.kind.encode()
             lines = []
             if family.help_text is not None:
-                lines.append(b"# HELP %s %s\n" % (target, family.help_text))
+                help_text = family.help_text
+                if copy.rule.divide_by is not None:
+                    help_text += b" [unit converted by airuntime: engine values divided by %g]" % copy.rule.divide_by
+                lines.append(b"# HELP %s %s\n" % (target, help_text))
             lines.append(b"# TYPE %s %s\n" % (target, kind))
             lines.extend(copy.samples)
             if copy.rule.contested:
@@ -281,6 +293,35 @@ def _without_label(body: bytes, labels: bytes | None, pair: bytes) -> bytes | No
     kept = [part for part in parts if part and part != pair]
     rest = body[len(labels) :]
     return b"{" + b",".join(kept) + b"}" + rest if kept else rest
+
+
+def _converted(body: bytes, out_suffix: bytes, divide_by: float) -> bytes:
+    """Unit conversion of one sample: `le` of buckets, the value of sums, counters, gauges and quantiles."""
+    parts = _BODY_RE.match(body)
+    if parts is None:  # pragma: no cover - body always matched _SAMPLE_RE
+        return body
+    labels, gap, value, tail = parts.groups()
+    if out_suffix == b"_bucket":
+        if labels is None:
+            return body
+        labels = _LE_RE.sub(lambda m: m.group(1) + _divided(m.group(2), divide_by) + m.group(3), labels)
+        return labels + gap + value + tail
+    if out_suffix == b"_count":
+        return body
+    return (labels or b"") + gap + _divided(value, divide_by) + tail
+
+
+def _divided(text: bytes, divide_by: float) -> bytes:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    result = number / divide_by
+    if math.isnan(result):
+        return b"NaN"
+    if math.isinf(result):
+        return b"+Inf" if result > 0 else b"-Inf"
+    return repr(result).encode()
 
 
 def _split_labels(inner: bytes) -> list[bytes]:

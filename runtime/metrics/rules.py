@@ -30,6 +30,7 @@ from typing import Any
 KINDS = ("counter", "gauge", "histogram", "summary", "untyped")
 DEFAULT_PREFIX = "airuntime"
 DEFAULT_PROFILE = "default"
+AUTO_ENGINE = "auto"
 PROFILE_FILE_PREFIX = "profile-"
 
 
@@ -47,6 +48,20 @@ class SourceRule:
     priority: int  # 0 is the preferred (newest) source of `target`
     contested: bool  # `target` has more than one source: the winner is known only at the end of a scrape
     match_label: bytes | None = None  # b'label="value"' the series must carry (dropped from the copy)
+    divide_by: float | None = None  # unit conversion to the unified unit (ms -> s: 1000), exact division
+    engine: str = ""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a table says about its engine besides the rules: probes, version endpoint, detection."""
+
+    name: str
+    health_path: str
+    metrics_path: str
+    version_path: str | None
+    version_field: str | None
+    detect_prefixes: tuple[str, ...]
 
 
 @dataclass
@@ -56,6 +71,8 @@ class RuleSet:
     engine: str
     prefix: str
     health_path: str
+    metrics_path: str = "/metrics"
+    engines: dict[str, EngineInfo] = field(default_factory=dict)  # one entry, or every engine for `auto`
     by_source: dict[str, list[SourceRule]] = field(default_factory=dict)  # incl. the `vllm_x` spelling of `vllm:x`
     targets: list[str] = field(default_factory=list)
 
@@ -75,6 +92,10 @@ def available_profiles() -> list[str]:
         if entry.name.startswith(PROFILE_FILE_PREFIX) and entry.name.endswith(".json")
     ]
     return sorted([DEFAULT_PROFILE, *names])
+
+
+def engine_choices() -> list[str]:
+    return [AUTO_ENGINE, *available_engines()]
 
 
 def load_engine_table(engine: str) -> dict[str, Any]:
@@ -113,11 +134,13 @@ def build_ruleset(
     profile: str = DEFAULT_PROFILE,
     overrides: dict[str, Any] | None = None,
 ) -> RuleSet:
-    """Compile the rules for `engine` with `prefix`, a `profile` and user `overrides` applied."""
-    table = load_engine_table(engine)
-    families = _validated_families(table.get("families"), f"table {engine}")
-    if overrides:
-        families = _merge_overrides(families, overrides)
+    """Compile the rules for `engine` with `prefix`, a `profile` and user `overrides` applied.
+
+    `engine="auto"` compiles every engine's table into one rule set: engines' source names do not overlap, so
+    whichever engine answers is rewritten, and the engine is recognised from the families it serves.
+    """
+    engines = available_engines() if engine == AUTO_ENGINE else [engine]
+    tables = {name: load_engine_table(name) for name in engines}
 
     profile_names: dict[str, list[str]] | None = None
     profile_prefix = DEFAULT_PREFIX
@@ -131,20 +154,54 @@ def build_ruleset(
 
     effective_prefix = prefix or profile_prefix
     _check_name_part(effective_prefix, "metrics prefix")
-    ruleset = RuleSet(engine=engine, prefix=effective_prefix, health_path=str(table.get("health_path", "/health")))
-    for family in families:
-        names = [family["name"]] if profile_names is None else profile_names.get(family["name"], [])
-        for unified in names:
-            _add_family(ruleset, family, f"{effective_prefix}:{unified}")
+    infos = {name: _engine_info(name, table) for name, table in tables.items()}
+    first = infos[engines[0]]
+    auto = engine == AUTO_ENGINE
+    ruleset = RuleSet(
+        engine=engine,
+        prefix=effective_prefix,
+        health_path="/health" if auto else first.health_path,
+        metrics_path="/metrics" if auto else first.metrics_path,
+        engines=infos,
+    )
+    per_engine = {name: _validated_families(table.get("families"), f"table {name}") for name, table in tables.items()}
+    if overrides:
+        known = {family["name"] for families in per_engine.values() for family in families}
+        drops = overrides.get("drop", [])
+        if not isinstance(drops, list):
+            raise RulesError("rules file: 'drop' must be a list of unified names")
+        unknown_drops = [name for name in drops if name not in known]
+        if unknown_drops:
+            raise RulesError(f"rules file: cannot drop {', '.join(map(repr, unknown_drops))}: no such unified family")
+        per_engine = {name: _merge_overrides(families, overrides) for name, families in per_engine.items()}
+    for name, families in per_engine.items():
+        for family in families:
+            names = [family["name"]] if profile_names is None else profile_names.get(family["name"], [])
+            for unified in names:
+                _add_family(ruleset, family, f"{effective_prefix}:{unified}", name)
     return ruleset
 
 
-def _add_family(ruleset: RuleSet, family: dict[str, Any], target: str) -> None:
+def _engine_info(name: str, table: dict[str, Any]) -> EngineInfo:
+    version_path = table.get("version_path")
+    version_field = table.get("version_field")
+    return EngineInfo(
+        name=name,
+        health_path=str(table.get("health_path", "/health")),
+        metrics_path=str(table.get("metrics_path", "/metrics")),
+        version_path=str(version_path) if version_path else None,
+        version_field=str(version_field) if version_field else None,
+        detect_prefixes=tuple(str(p) for p in table.get("detect_prefixes", [f"{name}:"])),
+    )
+
+
+def _add_family(ruleset: RuleSet, family: dict[str, Any], target: str, engine: str) -> None:
     kind = family["type"]
     if kind == "counter" and not target.endswith("_total"):
         target += "_total"
     sources = family["sources"]
-    ruleset.targets.append(target)
+    if target not in ruleset.targets:
+        ruleset.targets.append(target)
     for priority, source in enumerate(sources):
         rule = SourceRule(
             source=source["name"],
@@ -153,6 +210,8 @@ def _add_family(ruleset: RuleSet, family: dict[str, Any], target: str) -> None:
             priority=priority,
             contested=len(sources) > 1,
             match_label=source["match_bytes"],
+            divide_by=source["divide_by"],
+            engine=engine,
         )
         ruleset.by_source.setdefault(rule.source, []).append(rule)
         alias = _underscore_spelling(rule.source)
@@ -212,7 +271,12 @@ def _source(raw: Any, label: str) -> dict[str, Any]:
         ((label_name, label_value),) = match.items()
         escaped = str(label_value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         match_bytes = f'{label_name}="{escaped}"'.encode()
-    return {"name": name, "match_bytes": match_bytes}
+    divide_by = raw.get("divide_by")
+    if divide_by is not None and (
+        isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or not divide_by > 0
+    ):
+        raise RulesError(f"{label}: 'divide_by' must be a positive number")
+    return {"name": name, "match_bytes": match_bytes, "divide_by": float(divide_by) if divide_by else None}
 
 
 def _merge_overrides(families: list[dict[str, Any]], overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -224,9 +288,7 @@ def _merge_overrides(families: list[dict[str, Any]], overrides: dict[str, Any]) 
     if not isinstance(drop, list):
         raise RulesError("rules file: 'drop' must be a list of unified names")
     for name in drop:
-        if name not in merged:
-            raise RulesError(f"rules file: cannot drop {name!r}: no such unified family")
-        del merged[name]
+        merged.pop(name, None)
     unknown = set(overrides) - {"families", "drop", "comment"}
     if unknown:
         raise RulesError(f"rules file: unknown keys {', '.join(sorted(unknown))} (expected families, drop)")

@@ -12,11 +12,13 @@ import asyncio
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import aiohttp
 from yarl import URL
 
+from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rewriter import MetricsRewriter
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.self_metrics import SidecarMetrics
@@ -34,6 +36,7 @@ class ScrapeResult:
     body: bytes
     reason: str | None = None
     detail: str = ""
+    families_by_engine: Counter[str] = field(default_factory=Counter)
 
 
 class ScrapeFailure(Exception):
@@ -76,8 +79,10 @@ class EngineScraper:
         timeout: float,
         api_key: str | None,
         metrics: SidecarMetrics,
+        identity: EngineIdentity,
     ) -> None:
         self._session = session
+        self._identity = identity
         self._url = engine_url + metrics_path
         self._rules = rules
         self._keep_raw = keep_raw
@@ -119,6 +124,7 @@ class EngineScraper:
             result = ScrapeResult(ok=False, body=b"", reason="other", detail=_describe(exc))
         self._metrics.scrape_duration.observe(time.perf_counter() - started)
         self._metrics.engine_up.set(1 if result.ok else 0)
+        self._identity.observe(self._session, result.families_by_engine if result.ok else None)
         if not result.ok:
             assert result.reason is not None
             self._metrics.scrape_errors.labels(result.reason).inc()
@@ -149,7 +155,7 @@ class EngineScraper:
             self._metrics.invalid_lines.inc(rewriter.invalid_lines)
         if rewriter.sample_lines == 0 and rewriter.invalid_lines > 0:
             raise ScrapeFailure("garbage", f"engine answer has no valid sample line ({rewriter.invalid_lines} invalid)")
-        return ScrapeResult(ok=True, body=b"".join(rewriter.take()))
+        return ScrapeResult(ok=True, body=b"".join(rewriter.take()), families_by_engine=rewriter.families_by_engine)
 
 
 async def probe_health(

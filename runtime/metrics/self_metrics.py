@@ -12,7 +12,7 @@ from prometheus_client.exposition import generate_latest
 
 from runtime import __version__
 
-SCRAPE_ERROR_REASONS = ("connect", "timeout", "http_status", "garbage", "too_large", "other")
+SCRAPE_ERROR_REASONS = ("connect", "timeout", "http_status", "truncated", "garbage", "too_large", "other")
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -54,6 +54,12 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self.sidecar_info.labels(__version__, engine, pod, model).set(1)
+        self.engine_info = Gauge(
+            name + "engine_info",
+            "Constant 1, labelled with the engine beside the sidecar (configured or recognised) and its version.",
+            ["engine", "version"],
+            registry=self.registry,
+        )
         ProcessCollector(namespace=prefix + "_sidecar", registry=self.registry)
 
     def render(self) -> bytes:

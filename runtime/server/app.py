@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from runtime.config import ServeConfig
+from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
@@ -47,7 +48,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     metrics = SidecarMetrics(rules.prefix, config.engine, pod=config.pod, model=config.model)
-    state = SidecarState(config=config, rules=rules, metrics=metrics)
+    identity = EngineIdentity(
+        config.engine, rules, metrics, config.engine_url, config.engine_api_key, config.scrape_timeout
+    )
+    state = SidecarState(config=config, rules=rules, metrics=metrics, identity=identity)
     app[SidecarState.KEY] = state
 
     async def open_session(app: web.Application) -> None:
@@ -57,12 +61,13 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
         state.scraper = EngineScraper(
             session,
             config.engine_url,
-            config.engine_metrics_path,
+            config.engine_metrics_path or rules.metrics_path,
             rules,
             keep_raw=config.raw_metrics,
             timeout=config.scrape_timeout,
             api_key=config.engine_api_key,
             metrics=metrics,
+            identity=identity,
         )
 
     async def close_session(app: web.Application) -> None:

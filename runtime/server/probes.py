@@ -26,7 +26,8 @@ async def ready(request: web.Request) -> web.Response:
     ok, reason = await probe_health(state.session, url, state.config.scrape_timeout, state.config.engine_api_key)
     body: dict[str, object] = {
         "status": "ready" if ok else "not ready",
-        "engine": state.config.engine,
+        "engine": state.identity.engine,
+        "engine_version": state.identity.version,
         "reason": reason,
     }
     failure = state.scraper.last_failure if state.scraper is not None else None

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from runtime.config import ServeConfig
+from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
@@ -21,12 +22,13 @@ class SidecarState:
     config: ServeConfig
     rules: RuleSet
     metrics: SidecarMetrics
+    identity: EngineIdentity
     session: aiohttp.ClientSession | None = None
     scraper: EngineScraper | None = None
 
     @property
     def health_url(self) -> str:
-        path = self.config.engine_health_path or self.rules.health_path
+        path = self.config.engine_health_path or self.identity.health_path
         return self.config.engine_url + path
 
     @classmethod

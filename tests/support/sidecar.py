@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -56,17 +57,22 @@ def running_sidecar(args: Sequence[str], env: dict[str, str] | None = None, port
     if env:
         full_env.update(env)
     command = [*sidecar_command(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, env=full_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{base}/health", proc=proc)
-        yield base
-    finally:
-        proc.terminate()
+    # output goes to a file, not a pipe: a chatty sidecar can never block on a full pipe
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, env=full_env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+            try:
+                wait_http_ok(f"{base}/health", proc=proc)
+            except (RuntimeError, TimeoutError) as exc:
+                log.seek(0)
+                output = log.read()[-4000:].decode(errors="replace")
+                raise RuntimeError(f"{exc}; sidecar output:\n{output}") from None
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

@@ -33,9 +33,9 @@ def effective_config(args: list[str], env: dict[str, str] | None = None) -> dict
 
 def test_defaults() -> None:
     config = effective_config([])
-    assert config["engine"] == "vllm"
+    assert config["engine"] == "auto"
     assert config["engine_url"] == "http://localhost:8000"
-    assert config["engine_metrics_path"] == "/metrics"
+    assert config["engine_metrics_path"] is None  # the engine table's: /metrics, trtllm-serve /prometheus/metrics
     assert config["port"] == 9000 and config["host"] == "0.0.0.0"
     assert config["raw_metrics"] is True and config["scrape_timeout"] == 2.0
 

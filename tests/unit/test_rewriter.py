@@ -258,3 +258,43 @@ def test_five_megabyte_payload() -> None:
     assert rewriter.sample_lines == 120_000 and rewriter.invalid_lines == 0
     assert out.count(b"\nairuntime:num_requests_running{") == 120_000
     assert out.startswith(payload)
+
+
+TRITON_TTFT = b"""# HELP nv_inference_first_response_histogram_ms Duration from request to first response in milliseconds
+# TYPE nv_inference_first_response_histogram_ms histogram
+nv_inference_first_response_histogram_ms_count{model="ensemble",version="1"} 3
+nv_inference_first_response_histogram_ms_sum{model="ensemble",version="1"} 1234.5
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="100"} 1
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="500"} 2
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="2000"} 3
+nv_inference_first_response_histogram_ms_bucket{model="ensemble",version="1",le="+Inf"} 3
+# HELP nv_inference_request_duration_us Cumulative inference request duration in microseconds
+# TYPE nv_inference_request_duration_us counter
+nv_inference_request_duration_us{model="ensemble",version="1"} 2500001
+"""
+
+
+def test_unit_conversion_rescales_le_and_sum_never_rebuckets() -> None:
+    out = rewrite(TRITON_TTFT, rules=build_ruleset("trtllm"))
+    assert out.startswith(TRITON_TTFT.split(b"# HELP nv_inference_request_duration_us")[0])
+    assert (
+        b"# HELP airuntime:time_to_first_token_seconds Duration from request to first response in milliseconds "
+        b"[unit converted by airuntime: engine values divided by 1000]\n"
+        b"# TYPE airuntime:time_to_first_token_seconds histogram\n"
+        b'airuntime:time_to_first_token_seconds_count{model="ensemble",version="1"} 3\n'
+        b'airuntime:time_to_first_token_seconds_sum{model="ensemble",version="1"} 1.2345\n'
+        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="0.1"} 1\n'
+        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="0.5"} 2\n'
+        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="2.0"} 3\n'
+        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="+Inf"} 3\n'
+    ) in out
+    assert b'airuntime:request_duration_seconds_total{model="ensemble",version="1"} 2.500001\n' in out
+    assert b"# TYPE airuntime:request_duration_seconds_total counter\n" in out
+
+
+def test_auto_rules_recognise_the_engine_from_its_families() -> None:
+    auto = build_ruleset("auto")
+    for payload, engine in ((COUNTER, "vllm"), (TRITON_TTFT, "trtllm")):
+        out, rewriter = rewrite_bytes(payload, auto)
+        assert rewriter.families_by_engine.most_common(1)[0][0] == engine
+        assert b"airuntime:" in out
