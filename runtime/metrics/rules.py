@@ -54,14 +54,13 @@ class SourceRule:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What a table says about its engine besides the rules: probes, version endpoint, detection."""
+    """What a table says about its engine besides the rules: probe and metrics paths, version endpoint."""
 
     name: str
     health_path: str
     metrics_path: str
     version_path: str | None
     version_field: str | None
-    detect_prefixes: tuple[str, ...]
 
 
 @dataclass
@@ -191,7 +190,6 @@ def _engine_info(name: str, table: dict[str, Any]) -> EngineInfo:
         metrics_path=str(table.get("metrics_path", "/metrics")),
         version_path=str(version_path) if version_path else None,
         version_field=str(version_field) if version_field else None,
-        detect_prefixes=tuple(str(p) for p in table.get("detect_prefixes", [f"{name}:"])),
     )
 
 

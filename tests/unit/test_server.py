@@ -203,3 +203,56 @@ async def test_api_key_sent_as_bearer_token_and_never_shown() -> None:
     assert seen[0] == "Bearer sk-1" and seen[2] == "Bearer sk-1"
     assert seen[1] is not None and seen[1].startswith("text/plain;version=0.0.4")
     assert b"sk-1" not in body
+
+
+TGI_PAYLOAD = b"""# TYPE tgi_queue_size gauge
+tgi_queue_size 2
+# TYPE tgi_request_count counter
+tgi_request_count 9
+"""
+
+
+async def test_auto_recognises_engine_reports_version_and_follows_a_swap() -> None:
+    payload = {"metrics": MINIMAL_VLLM_PAYLOAD, "version": b'{"version": "0.32.0"}'}
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=payload["metrics"], content_type="text/plain")
+
+    async def version(request: web.Request) -> web.Response:
+        return web.Response(body=payload["version"], content_type="application/json")
+
+    async def info(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"version": "3.3.6", "model_id": "m"}', content_type="application/json")
+
+    engine_app = web.Application()
+    engine_app.router.add_get("/metrics", metrics)
+    engine_app.router.add_get("/version", version)
+    engine_app.router.add_get("/info", info)
+    engine_app.router.add_get("/health", info)
+    engine_server = TestServer(engine_app, host="127.0.0.1")
+    await engine_server.start_server()
+    client = await sidecar_client(make_config(str(engine_server.make_url("")).rstrip("/"), engine="auto"))
+    try:
+
+        async def engine_info() -> dict[str, str]:
+            for _ in range(50):  # the version arrives from a request started by the scrape
+                values = sample_values(await get_metrics(client))
+                found = [dict(labels) for name, labels in values if name == "airuntime:engine_info"]
+                if found and found[0]["version"]:
+                    return found[0]
+                await asyncio.sleep(0.02)
+            return found[0]
+
+        assert await engine_info() == {"engine": "vllm", "version": "0.32.0"}
+        ready = await (await client.get("/ready")).json()
+        assert (ready["engine"], ready["engine_version"]) == ("vllm", "0.32.0")
+
+        payload["metrics"] = TGI_PAYLOAD
+        assert await engine_info() == {"engine": "tgi", "version": "3.3.6"}
+        body = await get_metrics(client)
+        assert b"airuntime:num_requests_waiting 2\n" in body
+        assert b"# TYPE airuntime:requests_total counter\nairuntime:requests_total 9\n" in body
+        assert_valid_exposition(body)
+    finally:
+        await client.close()
+        await engine_server.close()
