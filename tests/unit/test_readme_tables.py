@@ -1,0 +1,51 @@
+"""The README's per-engine metric table is generated from the rule tables; this keeps the two equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime.metrics.rules import load_engine_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ENGINES = ["vllm", "sglang", "tgi", "llamacpp", "trtllm", "lmdeploy"]
+
+
+def engine_table_markdown() -> str:
+    order: list[str] = []
+    kinds: dict[str, str] = {}
+    cells: dict[tuple[str, str], str] = {}
+    for engine in ENGINES:
+        for family in load_engine_table(engine)["families"]:
+            name = family["name"]
+            if family["type"] == "counter" and not name.endswith("_total"):
+                name += "_total"
+            if name not in order:
+                order.append(name)
+            kinds[name] = family["type"]
+            cells[(name, engine)] = ", ".join(_source(source) for source in family["sources"])
+    lines = [
+        "| unified (`PREFIX:`) | type | " + " | ".join(ENGINES) + " |",
+        "|---|---|" + "---|" * len(ENGINES),
+    ]
+    for name in order:
+        row = " | ".join(cells.get((name, engine), "—") for engine in ENGINES)
+        lines.append(f"| `{name}` | {kinds[name]} | {row} |")
+    return "\n".join(lines) + "\n"
+
+
+def _source(source: str | dict[str, object]) -> str:
+    if isinstance(source, str):
+        return f"`{source}`"
+    text = f"`{source['name']}`"
+    match = source.get("match")
+    if isinstance(match, dict):
+        text += "`{" + ",".join(f'{key}="{value}"' for key, value in match.items()) + "}`"
+    divide_by = source.get("divide_by")
+    if isinstance(divide_by, int | float):
+        text += f" ÷{divide_by:g}"
+    return text
+
+
+def test_readme_engine_table_matches_the_rule_tables() -> None:
+    expected = engine_table_markdown()
+    assert expected in README.read_text(encoding="utf-8"), "README table is stale; paste this:\n" + expected
