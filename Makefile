@@ -31,7 +31,7 @@ test-e2e: $(STAMP) peers
 test-all: test test-e2e
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime tests bench
+	$(BIN)/ruff check runtime tests $(wildcard bench build)
 	$(BIN)/ruff format --check runtime
 	$(BIN)/mypy
 
