@@ -240,9 +240,9 @@ def rewrite(
     sink = sys.stdout.buffer
     while chunk := read(64 * 1024):
         rewriter.feed(chunk)
-        sink.writelines(rewriter.take())
+        sink.write(rewriter.take_bytes())
     rewriter.finish()
-    sink.writelines(rewriter.take())
+    sink.write(rewriter.take_bytes())
     sink.flush()
     if rewriter.invalid_lines:
         click.echo(f"airuntime: dropped {rewriter.invalid_lines} invalid line(s)", err=True)

@@ -25,17 +25,19 @@ from dataclasses import dataclass, field
 from runtime.metrics.rules import RuleSet, SourceRule
 
 _NAME = rb"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL = rb'[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*"(?:[^"\\\n]|\\.)*"'
+_LABEL = rb'[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 _LABELS = rb"\{[ \t]*(?:" + _LABEL + rb"(?:[ \t]*,[ \t]*" + _LABEL + rb")*[ \t]*,?[ \t]*)?\}"
 _VALUE = rb"(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)|(?i:nan))"
-# groups: 1 name, 2 labels+value+timestamp (the part a unified copy reuses), 3 labels
+# A sample line. Groups: 1 the name, 2 labels+value+timestamp (the part a unified copy reuses), 3 the labels,
+# 4 a trailing `#...` (an OpenMetrics exemplar, checked apart).
 _SAMPLE_RE = re.compile(
-    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])" + _VALUE + rb"(?:[ \t]+-?[0-9]+)?)[ \t]*"
+    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])" + _VALUE + rb"(?:[ \t]+-?[0-9]+)?)[ \t]*(#.*)?"
 )
+_VALUE_RE = re.compile(_VALUE)
 _BODY_RE = re.compile(rb"(\{.*\})?([ \t]*)(" + _VALUE + rb")(.*)$", re.DOTALL)
 _LE_RE = re.compile(rb'((?:^|[{,])[ \t]*le[ \t]*=[ \t]*")([^"]*)(")')
-_EXEMPLAR_RE = re.compile(rb"#[ \t]*\{.*$|#\s*$")
-_COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?$")
+_EXEMPLAR_RE = re.compile(rb"#[ \t]*(?:\{.*)?")
+_COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?")
 
 _OPENMETRICS_ONLY_KINDS = {b"unknown", b"gaugehistogram", b"info", b"stateset"}
 _TEXT_KINDS = {b"counter", b"gauge", b"histogram", b"summary", b"untyped"}
@@ -51,7 +53,7 @@ _HISTOGRAM_SUFFIXES: dict[bytes, bytes | None] = {
 _SUMMARY_SUFFIXES: dict[bytes, bytes | None] = {b"": b"", b"_sum": b"_sum", b"_count": b"_count", b"_created": None}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Copy:
     """The unified copy of one engine family under construction."""
 
@@ -60,30 +62,57 @@ class _Copy:
     samples: list[bytes] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Family:
     name: bytes
     kind: bytes
     members: dict[bytes, bytes | None]
+    rules: list[SourceRule]
     help_text: bytes | None = None
     header_lines: list[bytes] = field(default_factory=list)  # raw HELP/TYPE, emitted with the first sample
     has_samples: bool = False
-    typed: bool = False
     copies: list[_Copy] = field(default_factory=list)
 
 
-class MetricsRewriter:
-    """Feed exposition bytes in chunks; collect output pieces with `take()` after `feed()`/`finish()`."""
+class RewriteCache:
+    """What repeats from one scrape of an engine to the next, kept by the scraper across scrapes.
 
-    def __init__(self, rules: RuleSet, keep_raw: bool = True) -> None:
-        self._rules_by_source: dict[bytes, list[SourceRule]] = {
-            name.encode(): found for name, found in rules.by_source.items()
-        }
-        self._target_order = [target.encode() for target in rules.targets]
+    `samples` maps the text of a sample line before its value (`name{labels}`) to its name and labels, so a line
+    seen before is validated by checking only its value; `families` maps (name, kind) to the family's sample
+    names and rules; `comments` holds parsed HELP/TYPE lines. All are bounded: cleared when they outgrow
+    `limit` entries.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.samples: dict[bytes, tuple[bytes, bytes | None]] = {}
+        self.comments: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
+        self.families: dict[tuple[bytes, bytes], tuple[dict[bytes, bytes | None], list[SourceRule]]] = {}
+        self.limit = limit
+
+    def trim(self) -> None:
+        if len(self.samples) > self.limit:
+            self.samples.clear()
+        if len(self.comments) > self.limit:
+            self.comments.clear()
+        if len(self.families) > self.limit:
+            self.families.clear()
+
+
+class MetricsRewriter:
+    """Feed exposition bytes in chunks; collect output with `take()` after `feed()`/`finish()`.
+
+    Output pieces are lines without their newline; `take_bytes()` joins them into exposition text.
+    """
+
+    def __init__(self, rules: RuleSet, keep_raw: bool = True, cache: RewriteCache | None = None) -> None:
+        self._rules_by_source = rules.by_source_bytes
+        self._target_order = rules.targets_bytes
         self._keep_raw = keep_raw
+        self._cache = cache if cache is not None else RewriteCache()
         self._out: list[bytes] = []
         self._partial = b""
         self._family: _Family | None = None
+        self._help: tuple[bytes, bytes, bytes] | None = None  # a HELP line (name, text, raw) waiting for its TYPE
         self._emitted_targets: set[bytes] = set()
         self._pending: dict[bytes, tuple[int, list[bytes]]] = {}
         self.invalid_lines = 0
@@ -95,86 +124,117 @@ class MetricsRewriter:
         if not chunk:
             return
         data = self._partial + chunk if self._partial else chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._line(line)
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if cut:
+            self._lines(data[: cut - 1])
 
     def finish(self) -> None:
         if self._partial:
-            self._line(self._partial)
+            self._lines(self._partial)
             self._partial = b""
+        self._close_help()
         self._end_family()
         for target in self._target_order:
             held = self._pending.pop(target, None)
             if held is not None:
                 self._out.extend(held[1])
+        self._cache.trim()
 
     def take(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
 
+    def take_bytes(self) -> bytes:
+        out = self.take()
+        return b"\n".join(out) + b"\n" if out else b""
+
     # -- lines -----------------------------------------------------------------------------------------------
-    def _line(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line or line.isspace():
-            return
-        if line[0] == 0x23:  # '#'
-            self._comment(line)
-            return
-        match = _SAMPLE_RE.match(line)
+    def _lines(self, block: bytes) -> None:
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        out = self._out
+        keep_raw = self._keep_raw
+        known = self._cache.samples
+        value_ok = _VALUE_RE.fullmatch
+        for line in block.split(b"\n"):
+            if not line:
+                continue
+            if line[0] == 0x23:  # '#'
+                self._comment(line)
+                continue
+            cut = line.rfind(b" ")
+            entry = known.get(line[:cut]) if cut > 0 else None
+            if entry is not None and value_ok(line, cut + 1) is not None:
+                name, labels = entry
+            else:
+                parsed = self._parse_sample(line, cut)
+                if parsed is None:
+                    continue
+                name, labels, line = parsed
+            if self._help is not None:
+                self._close_help()
+            family = self._family
+            if family is None or name not in family.members:
+                self._end_family()
+                family = self._family = self._implicit_family(name)
+            self.sample_lines += 1
+            out_suffix = family.members[name]
+            if out_suffix is None and family.kind != b"untyped":
+                continue  # an OpenMetrics `_created` sample inside its family: not text format 0.0.4
+            if not family.has_samples:
+                family.has_samples = True
+                self._emit_raw_headers(family, name)
+            if keep_raw:
+                out.append(line)
+            if out_suffix is None or not family.copies:
+                continue
+            body = line[len(name) :]
+            for copy in family.copies:
+                copy_body = body
+                match_label = copy.rule.match_label
+                if match_label is not None:
+                    selected = _without_label(body, labels, match_label)
+                    if selected is None:
+                        continue
+                    copy_body = selected
+                if copy.rule.divide_by is not None:
+                    copy_body = _converted(copy_body, out_suffix, copy.rule.divide_by)
+                copy.samples.append(copy.target_base + out_suffix + copy_body)
+
+    def _parse_sample(self, line: bytes, cut: int) -> tuple[bytes, bytes | None, bytes] | None:
+        """Validate a sample line not seen before: (name, labels, the line less any exemplar), or None."""
+        match = _SAMPLE_RE.fullmatch(line)
         if match is None:
             self.invalid_lines += 1
-            return
-        if match.end() != len(line):
-            if _EXEMPLAR_RE.fullmatch(line, match.end()) is None:
+            return None
+        name, labels, trailer = match.group(1), match.group(3), match.group(4)
+        if trailer is not None:
+            if _EXEMPLAR_RE.fullmatch(trailer) is None:
                 self.invalid_lines += 1
-                return
-            line = line[: match.end(2)]  # OpenMetrics exemplar: not valid in text format 0.0.4
-        self.sample_lines += 1
-        name = match.group(1)
-        family = self._family
-        if family is None or name not in family.members:
-            self._end_family()
-            family = self._family = self._implicit_family(name)
-        out_suffix = family.members[name]
-        if out_suffix is None and family.kind != b"untyped":
-            return  # an OpenMetrics `_created` sample inside its family
-        if not family.has_samples:
-            family.has_samples = True
-            self._emit_raw_headers(family, name)
-        if self._keep_raw:
-            self._out.append(line + b"\n")
-        if out_suffix is None:
-            return
-        for copy in family.copies:
-            body = match.group(2)
-            match_label = copy.rule.match_label
-            if match_label is not None:
-                body = _without_label(body, match.group(3), match_label)
-                if body is None:
-                    continue
-            if copy.rule.divide_by is not None:
-                body = _converted(body, out_suffix, copy.rule.divide_by)
-            copy.samples.append(copy.target_base + out_suffix + body + b"\n")
+                return None
+            return name, labels, line[: match.end(2)]
+        if cut > 0 and match.end(2) == len(line) and _VALUE_RE.fullmatch(line, cut + 1) is not None:
+            self._cache.samples[line[:cut]] = (name, labels)  # `name{labels} VALUE`: the value alone varies
+        return name, labels, line
 
     def _comment(self, line: bytes) -> None:
-        match = _COMMENT_RE.match(line)
-        if match is None:
+        comments = self._cache.comments
+        if line in comments:
+            parsed = comments[line]
+        else:
+            match = _COMMENT_RE.fullmatch(line)
+            parsed = comments[line] = (match.group(1), match.group(2), match.group(3) or b"") if match else None
+        if parsed is None:
             if line.startswith((b"# HELP", b"# TYPE")):
                 self.invalid_lines += 1
             return  # free comments and `# EOF` carry no samples
-        keyword, name, rest = match.group(1), match.group(2), match.group(3) or b""
+        keyword, name, rest = parsed
         if keyword == b"UNIT":
             return
-        family = self._family
         if keyword == b"HELP":
-            if family is None or family.name != name or family.has_samples or family.help_text is not None:
-                self._end_family()
-                family = self._family = self._new_family(name, b"untyped")
-            family.help_text = rest
-            family.header_lines.insert(0, b"# HELP %s %s\n" % (name, rest))
+            self._close_help()
+            self._help = (name, rest, line)
             return
         kind = rest.strip().lower()
         if kind in _OPENMETRICS_ONLY_KINDS:
@@ -182,22 +242,52 @@ class MetricsRewriter:
         elif kind not in _TEXT_KINDS:
             self.invalid_lines += 1
             return
-        if family is None or family.name != name or family.has_samples or family.typed:
-            self._end_family()
-            family = self._family = self._new_family(name, kind)
-        else:  # HELP came first: give the family its kind
-            retyped = self._new_family(name, kind)
-            retyped.help_text, retyped.header_lines = family.help_text, family.header_lines
-            family = self._family = retyped
-        family.typed = True
-        family.header_lines.append(b"# TYPE %s %s\n" % (name, kind))
+        help_line = self._help
+        self._help = None
+        family = self._family
+        if help_line is None and family is not None and family.name == name and not family.has_samples:
+            if family.kind != b"untyped" or family.help_text is None:  # a second TYPE for one family
+                self.invalid_lines += 1
+                return
+            help_line = (name, family.help_text, family.header_lines[0])  # TYPE after HELP and free comments
+            self._family = None
+        elif help_line is not None and help_line[0] != name:
+            self._help = help_line
+            self._close_help()
+            help_line = None
+        self._end_family()
+        family = self._family = self._new_family(name, kind)
+        if help_line is not None:
+            family.help_text = help_line[1]
+            family.header_lines.append(help_line[2])
+        family.header_lines.append(line if rest == kind else b"# TYPE %s %s" % (name, kind))
+
+    def _close_help(self) -> None:
+        """A HELP line not followed by its TYPE opens an untyped family of its own."""
+        help_line = self._help
+        if help_line is None:
+            return
+        self._help = None
+        name, text, raw = help_line
+        family = self._family
+        if family is not None and family.name == name and not family.has_samples and family.help_text is None:
+            family.help_text = text  # TYPE came first
+            family.header_lines.insert(0, raw)
+            return
+        self._end_family()
+        family = self._family = self._new_family(name, b"untyped")
+        family.help_text = text
+        family.header_lines.append(raw)
 
     # -- families --------------------------------------------------------------------------------------------
     def _new_family(self, name: bytes, kind: bytes) -> _Family:
-        members = _member_map(name, kind)
-        family = _Family(name=name, kind=kind, members=members)
-        lookup = _counter_base(name) + b"_total" if kind == b"counter" else name
-        rules = self._rules_by_source.get(lookup) or self._rules_by_source.get(name)
+        template = self._cache.families.get((name, kind))
+        if template is None:
+            lookup = _counter_base(name) + b"_total" if kind == b"counter" else name
+            rules = self._rules_by_source.get(lookup) or self._rules_by_source.get(name) or []
+            template = self._cache.families[(name, kind)] = (_member_map(name, kind), rules)
+        members, rules = template
+        family = _Family(name=name, kind=kind, members=members, rules=rules)
         if rules:
             family.copies = [_Copy(rule=rule, target_base=_target_base(rule)) for rule in rules if self._wanted(rule)]
         return family
@@ -213,7 +303,7 @@ class MetricsRewriter:
                 rules = self._rules_by_source.get(base)
                 if rules and rules[0].kind in ("histogram", "summary"):
                     return self._new_family(base, rules[0].kind.encode())
-        return _Family(name=sample_name, kind=b"untyped", members={sample_name: b""})
+        return self._new_family(sample_name, b"untyped")
 
     def _wanted(self, rule: SourceRule) -> bool:
         target = rule.target.encode()
@@ -250,8 +340,8 @@ class MetricsRewriter:
                 help_text = family.help_text
                 if copy.rule.divide_by is not None:
                     help_text += b" [unit converted by airuntime: engine values divided by %g]" % copy.rule.divide_by
-                lines.append(b"# HELP %s %s\n" % (target, help_text))
-            lines.append(b"# TYPE %s %s\n" % (target, kind))
+                lines.append(b"# HELP %s %s" % (target, help_text))
+            lines.append(b"# TYPE %s %s" % (target, kind))
             lines.extend(copy.samples)
             if copy.rule.contested:
                 held = self._pending.get(target)
@@ -350,4 +440,4 @@ def rewrite_bytes(payload: bytes, rules: RuleSet, keep_raw: bool = True) -> tupl
     rewriter = MetricsRewriter(rules, keep_raw=keep_raw)
     rewriter.feed(payload)
     rewriter.finish()
-    return b"".join(rewriter.take()), rewriter
+    return rewriter.take_bytes(), rewriter

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,16 @@ class RuleSet:
     health_path: str
     metrics_path: str = "/metrics"
     engines: dict[str, EngineInfo] = field(default_factory=dict)  # one entry, or every engine for `auto`
+
+    @cached_property
+    def by_source_bytes(self) -> dict[bytes, list[SourceRule]]:
+        """`by_source` keyed by bytes, as the rewriter reads names off the wire."""
+        return {name.encode(): found for name, found in self.by_source.items()}
+
+    @cached_property
+    def targets_bytes(self) -> list[bytes]:
+        return [target.encode() for target in self.targets]
+
     by_source: dict[str, list[SourceRule]] = field(default_factory=dict)  # incl. the `vllm_x` spelling of `vllm:x`
     targets: list[str] = field(default_factory=list)
 

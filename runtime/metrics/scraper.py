@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from runtime.metrics.identity import EngineIdentity
-from runtime.metrics.rewriter import MetricsRewriter
+from runtime.metrics.rewriter import MetricsRewriter, RewriteCache
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.self_metrics import SidecarMetrics
 
@@ -90,6 +90,7 @@ class EngineScraper:
         self._headers = engine_headers(api_key, engine_url)
         self._metrics = metrics
         self._inflight: asyncio.Future[ScrapeResult] | None = None
+        self._cache = RewriteCache()
         self.last_failure: ScrapeResult | None = None
 
     async def scrape(self) -> ScrapeResult:
@@ -139,7 +140,7 @@ class EngineScraper:
         return result
 
     async def _fetch_and_rewrite(self) -> ScrapeResult:
-        rewriter = MetricsRewriter(self._rules, keep_raw=self._keep_raw)
+        rewriter = MetricsRewriter(self._rules, keep_raw=self._keep_raw, cache=self._cache)
         async with self._session.get(self._url, headers=self._headers, allow_redirects=True) as response:
             if response.status != 200:
                 raise ScrapeFailure("http_status", f"engine answered HTTP {response.status} on {self._url}")
@@ -155,7 +156,7 @@ class EngineScraper:
             self._metrics.invalid_lines.inc(rewriter.invalid_lines)
         if rewriter.sample_lines == 0 and rewriter.invalid_lines > 0:
             raise ScrapeFailure("garbage", f"engine answer has no valid sample line ({rewriter.invalid_lines} invalid)")
-        return ScrapeResult(ok=True, body=b"".join(rewriter.take()), families_by_engine=rewriter.families_by_engine)
+        return ScrapeResult(ok=True, body=rewriter.take_bytes(), families_by_engine=rewriter.families_by_engine)
 
 
 async def probe_health(

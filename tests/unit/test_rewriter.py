@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from runtime.metrics.rewriter import MetricsRewriter, rewrite_bytes
+from runtime.metrics.rewriter import MetricsRewriter, RewriteCache, rewrite_bytes
 from runtime.metrics.rules import build_ruleset
 from tests.support.exposition import families_of, sample_lines
 
@@ -235,17 +235,18 @@ def test_chunked_feeding_equals_whole_feeding() -> None:
     payload = (COUNTER + HISTOGRAM + OLD_KV + NEW_KV) * 3
     whole = rewrite(payload)
     generator = random.Random(7)
+    cache = RewriteCache()  # shared across the runs, as the scraper shares it across scrapes
     for _ in range(50):
-        rewriter = MetricsRewriter(VLLM)
+        rewriter = MetricsRewriter(VLLM, cache=cache)
         pieces: list[bytes] = []
         position = 0
         while position < len(payload):
             step = generator.randint(1, 40)
             rewriter.feed(payload[position : position + step])
-            pieces.extend(rewriter.take())
+            pieces.append(rewriter.take_bytes())
             position += step
         rewriter.finish()
-        pieces.extend(rewriter.take())
+        pieces.append(rewriter.take_bytes())
         assert b"".join(pieces) == whole
 
 
@@ -298,3 +299,18 @@ def test_auto_rules_recognise_the_engine_from_its_families() -> None:
         out, rewriter = rewrite_bytes(payload, auto)
         assert rewriter.families_by_engine.most_common(1)[0][0] == engine
         assert b"airuntime:" in out
+
+
+def test_shared_cache_gives_the_same_output_as_a_cold_rewrite() -> None:
+    cache = RewriteCache()
+    first = COUNTER + HISTOGRAM
+    second = first.replace(b"42.0", b"43.0").replace(b"} 2.0", b"} NaN")
+    third = first.replace(b"42.0", b"not-a-number")
+    for payload in (first, second, first, third):
+        warm = MetricsRewriter(VLLM, cache=cache)
+        warm.feed(payload)
+        warm.finish()
+        cold_out, cold = rewrite_bytes(payload, VLLM)
+        assert warm.take_bytes() == cold_out
+        assert (warm.invalid_lines, warm.sample_lines) == (cold.invalid_lines, cold.sample_lines)
+    assert cache.samples  # the cache was used
