@@ -9,6 +9,7 @@ import pytest
 from runtime.metrics.rewriter import MetricsRewriter, RewriteCache, rewrite_bytes
 from runtime.metrics.rules import build_ruleset
 from tests.support.exposition import families_of, sample_lines
+from tests.support.promtool import assert_valid_exposition
 
 VLLM = build_ruleset("vllm")
 
@@ -86,6 +87,7 @@ def test_drift_newer_source_wins_and_family_appears_once(payload: bytes) -> None
     assert b'airuntime:kv_cache_usage_perc{engine="0"} 0.25\n' in out
     assert b"0.5\n" in out  # the raw old family is still there
     assert b'airuntime:kv_cache_usage_perc{engine="0"} 0.5' not in out
+    assert_valid_exposition(out)
 
 
 def test_drift_old_name_alone_still_feeds_the_unified_family() -> None:
@@ -144,6 +146,7 @@ def test_openmetrics_input_becomes_valid_text_format() -> None:
     assert b'airuntime:generation_tokens_total{engine="0"} 5.0\n' in out
     assert b"_created" not in out
     assert b"# EOF" not in out and b"# UNIT" not in out and b"trace_id" not in out
+    assert_valid_exposition(out)
 
 
 def test_counter_without_total_gets_it_in_the_unified_copy() -> None:
@@ -154,6 +157,7 @@ def test_counter_without_total_gets_it_in_the_unified_copy() -> None:
     out = rewrite(b"# TYPE tgi_request_count counter\ntgi_request_count 12\n", rules=rules)
     assert b"# TYPE tgi_request_count counter\ntgi_request_count 12\n" in out
     assert b"# TYPE airuntime:request_count_total counter\nairuntime:request_count_total 12\n" in out
+    assert_valid_exposition(out)
 
 
 def test_crlf_and_blank_lines() -> None:
@@ -194,6 +198,7 @@ def test_invalid_lines_are_dropped_and_counted(bad: bytes) -> None:
     assert b"\n" + bad + b"\n" not in out
     assert b"airuntime:num_requests_waiting 1\n" in out
     assert b"airuntime:num_requests_running 1\n" in out
+    assert_valid_exposition(out)
 
 
 def test_label_match_rule_selects_series_and_drops_the_label() -> None:
@@ -218,6 +223,7 @@ def test_label_match_rule_selects_series_and_drops_the_label() -> None:
     out = rewrite(payload, rules=rules)
     assert b'airuntime:num_requests_waiting{model="m",version="1"} 4\n' in out
     assert b"airuntime:num_requests_waiting 5\n" in out
+    assert_valid_exposition(out)
     assert b'airuntime:num_requests_waiting{model="m",version="1"} 3' not in out
 
 
@@ -290,6 +296,7 @@ def test_unit_conversion_rescales_le_and_sum_never_rebuckets() -> None:
         b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="+Inf"} 3\n'
     ) in out
     assert b'airuntime:request_duration_seconds_total{model="ensemble",version="1"} 2.500001\n' in out
+    assert_valid_exposition(out)
     assert b"# TYPE airuntime:request_duration_seconds_total counter\n" in out
 
 

@@ -256,3 +256,33 @@ async def test_auto_recognises_engine_reports_version_and_follows_a_swap() -> No
     finally:
         await client.close()
         await engine_server.close()
+
+
+async def test_gzip_answer_from_the_engine_is_decoded() -> None:
+    compressed = gzip.compress(MINIMAL_VLLM_PAYLOAD)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=compressed, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    engine_app = web.Application()
+    engine_app.router.add_get("/metrics", metrics)
+    engine_server = TestServer(engine_app, host="127.0.0.1")
+    await engine_server.start_server()
+    client = await sidecar_client(make_config(str(engine_server.make_url("")).rstrip("/")))
+    try:
+        body = await get_metrics(client)
+    finally:
+        await client.close()
+        await engine_server.close()
+    assert b'airuntime:prompt_tokens_total{engine="0",model_name="tiny"} 1234.0\n' in body
+    assert sample_values(body)[("airuntime:engine_up", ())] == 1.0
+
+
+def test_engine_is_asked_for_gzip_only_across_a_network() -> None:
+    from runtime.metrics.scraper import engine_headers
+
+    assert engine_headers(None, "http://127.0.0.1:8000")["Accept-Encoding"] == "identity"
+    assert engine_headers(None, "http://localhost:8000")["Accept-Encoding"] == "identity"
+    assert engine_headers(None, "http://vllm.default.svc:8000")["Accept-Encoding"] == "gzip"
