@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from yarl import URL
@@ -37,6 +37,7 @@ class ScrapeResult:
     reason: str | None = None
     detail: str = ""
     families_by_engine: Counter[str] = field(default_factory=Counter)
+    own_metrics: bytes = b""  # the sidecar's own metrics right after this scrape, shared by coalesced requests
 
 
 class ScrapeFailure(Exception):
@@ -137,7 +138,7 @@ class EngineScraper:
         elif self.last_failure is not None:
             log.info("engine scrape recovered")
             self.last_failure = None
-        return result
+        return replace(result, own_metrics=self._metrics.render())
 
     async def _fetch_and_rewrite(self) -> ScrapeResult:
         rewriter = MetricsRewriter(self._rules, keep_raw=self._keep_raw, cache=self._cache)

@@ -16,7 +16,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     state = SidecarState.of(request)
     assert state.scraper is not None
     result = await state.scraper.scrape()
-    body = result.body + state.metrics.render()
+    body = result.body + result.own_metrics
     headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
     if len(body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", ""):
         compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
