@@ -168,6 +168,13 @@ def cli(ctx: click.Context, version: bool) -> None:
     show_default=True,
     envvar="AIRUNTIME_LOG_FORMAT",
 )
+@click.option(
+    "--models-dir",
+    default="/tmp/airuntime/models",
+    show_default=True,
+    envvar=["AIRUNTIME_MODELS_DIR", "DOWNLOADER_LOCAL_DIR"],
+    help="Base of relative download targets and of AIBrix's /v1/model/list (env DOWNLOADER_LOCAL_DIR too).",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
 def serve(
     engine: str,
@@ -186,6 +193,7 @@ def serve(
     model: str,
     log_level: str,
     log_format: str,
+    models_dir: str,
     print_config: bool,
 ) -> None:
     """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
@@ -208,6 +216,7 @@ def serve(
         log_format=log_format,
         pod=pod,
         model=model,
+        models_dir=models_dir,
     )
     rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)
     if print_config:
@@ -218,6 +227,90 @@ def serve(
     from runtime.server.app import serve as run_server
 
     run_server(config, rules)
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--model-uri", "model_uri", default=None, help="AIBrix spelling of SOURCE.")
+@click.option(
+    "--local-dir",
+    type=click.Path(file_okay=False),
+    envvar="DOWNLOADER_LOCAL_DIR",
+    required=True,
+    help="Target directory (env DOWNLOADER_LOCAL_DIR).",
+)
+@click.option("--model-name", default=None, help="AIBrix: download into LOCAL_DIR/MODEL_NAME.")
+@click.option("--revision", default=None, help="HuggingFace branch, tag or commit (default main, or HF_REVISION).")
+@click.option(
+    "--allow-suffix",
+    default="",
+    envvar="DOWNLOADER_ALLOW_FILE_SUFFIX",
+    help="Only files ending with one of these, comma-separated, e.g. json,safetensors.",
+)
+@click.option("--allow-pattern", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--ignore-pattern", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option(
+    "--max-workers",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    envvar="DOWNLOADER_NUM_THREADS",
+    help="Parallel transfers (env DOWNLOADER_NUM_THREADS).",
+)
+@click.option("--part-size-mib", type=click.IntRange(1, 4096), default=32, show_default=True, help="Ranged part size.")
+@click.option(
+    "--config",
+    "config_json",
+    default=None,
+    help="JSON object: hf_token hf_endpoint access_key secret_key endpoint region addressing_style verify_md5.",
+)
+@click.option("--download-extra-config", default=None, help="AIBrix JSON: ak sk endpoint region hf_token ...")
+@click.option("--force", is_flag=True, envvar="DOWNLOADER_FORCE_DOWNLOAD", help="Fetch every file again.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display; only the final line.")
+@click.option("--enable-progress-bar", is_flag=True, hidden=True, help="AIBrix flag; the bar shows on a terminal.")
+def download(
+    source: str | None,
+    model_uri: str | None,
+    local_dir: str,
+    model_name: str | None,
+    revision: str | None,
+    allow_suffix: str,
+    allow_pattern: tuple[str, ...],
+    ignore_pattern: tuple[str, ...],
+    max_workers: int,
+    part_size_mib: int,
+    config_json: str | None,
+    download_extra_config: str | None,
+    force: bool,
+    quiet: bool,
+    enable_progress_bar: bool,
+) -> None:
+    """Download a model (HF org/repo, s3://, tos://, obs://, gs://, az://, pvc://, https://) into --local-dir.
+
+    Exits 0 only when every file is complete and verified.
+    """
+    from runtime.download.cli_run import run_cli_download
+
+    uri = source or model_uri
+    if not uri:
+        raise click.UsageError("give the SOURCE (or --model-uri)")
+    if source and model_uri and source != model_uri:
+        raise click.UsageError("give SOURCE or --model-uri, not two different sources")
+    run_cli_download(
+        uri=uri,
+        local_dir=local_dir,
+        model_name=model_name,
+        revision=revision,
+        allow_suffix=allow_suffix,
+        allow_patterns=allow_pattern,
+        ignore_patterns=ignore_pattern,
+        max_workers=max_workers,
+        part_size=part_size_mib * 1024 * 1024,
+        config_json=config_json,
+        extra_config_json=download_extra_config,
+        force=force,
+        quiet=quiet,
+    )
 
 
 @cli.group()

@@ -35,6 +35,7 @@ class ServeConfig:
     log_format: str
     pod: str
     model: str
+    models_dir: str = "/tmp/airuntime/models"  # where relative download targets and AIBrix's model list live
 
     def describe(self) -> dict[str, Any]:
         """The configuration as printed at start: secrets masked."""

@@ -60,6 +60,29 @@ class SidecarMetrics:
             ["engine", "version"],
             registry=self.registry,
         )
+        self.download_bytes = Counter(
+            name + "download_bytes",
+            "Bytes fetched by model and adapter downloads, by source kind (hf, s3, tos, obs, gs, az, local, https).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.download_files = Counter(
+            name + "download_files",
+            "Files downloaded and verified (skipped ones not counted), by source kind.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.download_failures = Counter(
+            name + "download_failures",
+            "Downloads that failed, by source kind and reason.",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.downloads_active = Gauge(
+            name + "downloads_active",
+            "Downloads running now.",
+            registry=self.registry,
+        )
         ProcessCollector(namespace=prefix + "_sidecar", registry=self.registry)
 
     def render(self) -> bytes:

@@ -8,7 +8,6 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from runtime.config import ServeConfig
@@ -16,17 +15,14 @@ from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
-from runtime.server import probes
+from runtime.server import download_routes, probes
+from runtime.server.jsonio import BadRequest, error_response
 from runtime.server.metrics_route import metrics_handler
 from runtime.server.state import SidecarState
 
 log = logging.getLogger("airuntime.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
 @web.middleware
@@ -37,12 +33,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+        return error_response(exc.reason, exc.status)
+    except BadRequest as exc:
+        return error_response(str(exc), exc.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"error": "internal error; see the sidecar's log", "status": 500}, status=500)
+        return error_response("internal error; see the sidecar's log", 500)
 
 
 def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
@@ -78,6 +76,7 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
     app.on_cleanup.append(close_session)
     app.router.add_get("/metrics", metrics_handler)
     probes.add_routes(app.router)
+    download_routes.add_routes(app, state)
     return app
 
 

@@ -1,0 +1,49 @@
+"""What every backend provides, and the errors they raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class DownloadError(Exception):
+    """A download failed for a reason the user can act on. `reason` is a short label for metrics."""
+
+    def __init__(self, message: str, reason: str = "other", status: int = 502) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status  # the HTTP status an API answer should carry
+
+
+class RetryableError(DownloadError):
+    """A transient failure (connection cut, 5xx, timeout): the same request may succeed when repeated."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="transient", status=502)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative, `/`-separated, already checked to stay inside the target directory
+    size: int
+    etag: str | None = None  # the source's version tag: S3 ETag, git blob id, HTTP ETag
+    sha256: str | None = None  # content checksum when the source publishes one (HF LFS files)
+    md5: str | None = None  # content MD5 when known (S3 ETag of a single-part upload)
+    git_sha1: str | None = None  # git blob id of a small HF file: sha1(b"blob <size>\0" + content)
+
+
+class Backend(Protocol):
+    def describe(self) -> str:
+        """The source, for logs and job status: never a credential."""
+        ...
+
+    async def list_files(self) -> list[RemoteFile]:
+        """Every file of the model, or DownloadError (never an empty list: that is an error too)."""
+        ...
+
+    def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of `file`, in chunks. Raises RetryableError for transient failures."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,55 @@
+"""One file over HTTPS (`https://host/path/model.gguf`): size and ETag from a HEAD, ranged GETs for the bytes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+
+from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.http_range import new_session, read_range, status_error
+from runtime.download.layout import safe_relative_path
+
+
+class HttpsBackend:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self._url = url
+        self._headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+        parts = urlsplit(url)
+        self._shown = f"{parts.scheme}://{parts.hostname}{parts.path}"
+        name = unquote(parts.path.rsplit("/", 1)[-1])
+        if not name:
+            raise DownloadError(f"{self._shown}: the URL does not name a file", reason="bad_source", status=400)
+        self._name = safe_relative_path(name)
+
+    def describe(self) -> str:
+        return self._shown
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session()
+        return self._session
+
+    async def list_files(self) -> list[RemoteFile]:
+        try:
+            async with self._client().head(self._url, headers=self._headers, allow_redirects=True) as response:
+                if response.status != 200:
+                    raise status_error(response.status, self._shown)
+                length = response.headers.get("Content-Length")
+                etag = response.headers.get("ETag")
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise DownloadError(f"{self._shown}: unreachable: {exc}", reason="unreachable", status=502) from None
+        except RetryableError as exc:
+            raise DownloadError(str(exc), reason="unreachable", status=502) from None
+        if length is None or not length.isdigit():
+            raise DownloadError(f"{self._shown}: the server does not give the file size", reason="bad_source")
+        return [RemoteFile(path=self._name, size=int(length), etag=etag)]
+
+    def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+        return read_range(self._client(), self._url, self._headers, start, end, self._shown)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,106 @@
+"""HuggingFace repositories (`org/repo`, `hf://org/repo@revision`): huggingface_hub resolves the revision to a
+commit and lists the files with their sizes, LFS sha256 and git blob ids; the bytes come from the Hub's `resolve`
+URLs of that commit as parallel ranged GETs, and every file is checked against its sha256 or git blob id.
+
+`HF_ENDPOINT` (or config `hf_endpoint`) selects the Hub or a mirror; a token is sent as a Bearer header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from runtime.download.backends.base import DownloadError, RemoteFile
+from runtime.download.backends.http_range import new_session, read_range
+from runtime.download.credentials import SourceSettings
+from runtime.download.layout import safe_relative_path
+from runtime.download.uri import SourceSpec
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class HuggingFaceBackend:
+    def __init__(self, spec: SourceSpec, settings: SourceSettings) -> None:
+        self._repo = spec.location
+        self._revision = spec.revision or settings.hf_revision or "main"
+        self._endpoint = (settings.hf_endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self._token = settings.hf_token
+        self._commit: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def describe(self) -> str:
+        return f"hf://{self._repo}@{self._revision}"
+
+    async def list_files(self) -> list[RemoteFile]:
+        return await asyncio.to_thread(self._list)
+
+    def _list(self) -> list[RemoteFile]:
+        # No telemetry: it would call the public Hub from a sidecar that may have no route to it.
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.hf_api import RepoFile
+
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+        api = HfApi(endpoint=self._endpoint, token=self._token or False)
+        try:
+            info = api.model_info(self._repo, revision=self._revision)
+            commit = info.sha or self._revision
+            entries = list(api.list_repo_tree(self._repo, revision=commit, recursive=True))
+        except Exception as exc:
+            raise self._classified(exc) from None
+        self._commit = commit
+        files: list[RemoteFile] = []
+        for entry in entries:
+            if not isinstance(entry, RepoFile):
+                continue
+            lfs: Any = entry.lfs
+            sha256 = getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, dict) else None)
+            files.append(
+                RemoteFile(
+                    path=safe_relative_path(entry.path),
+                    size=int(entry.size),
+                    etag=sha256 or entry.blob_id,
+                    sha256=sha256,
+                    git_sha1=None if sha256 else entry.blob_id,
+                )
+            )
+        if not files:
+            raise DownloadError(f"{self.describe()} has no files", reason="empty", status=404)
+        return files
+
+    def _classified(self, exc: Exception) -> DownloadError:
+        from huggingface_hub import errors
+
+        name = self.describe()
+        if isinstance(exc, errors.RevisionNotFoundError):
+            return DownloadError(f"{name}: revision {self._revision!r} not found", reason="not_found", status=404)
+        if isinstance(exc, errors.GatedRepoError):
+            return DownloadError(f"{name}: gated repository; a token with access is needed", "unauthorized", 403)
+        if isinstance(exc, errors.RepositoryNotFoundError):
+            hint = "" if self._token else " (or private: set a token)"
+            return DownloadError(f"{name}: repository not found{hint}", reason="not_found", status=404)
+        if isinstance(exc, errors.HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else 502
+            if status in (401, 403):
+                return DownloadError(f"{name}: access denied (HTTP {status}); check the token", "unauthorized", 403)
+            return DownloadError(f"{name}: the Hub answered HTTP {status}", reason="http_status", status=502)
+        return DownloadError(
+            f"{name}: cannot reach {self._endpoint}: {type(exc).__name__}", reason="unreachable", status=502
+        )
+
+    def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+        if self._session is None:
+            self._session = new_session()
+        url = f"{self._endpoint}/{self._repo}/resolve/{self._commit or self._revision}/{quote(file.path)}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return read_range(self._session, url, headers, start, end, f"{self.describe()}/{file.path}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,378 @@
+"""The transfer engine: from a backend's file list to complete, verified files in the target directory.
+
+- Large files are split into ranged parts fetched in parallel; small files are fetched concurrently; one semaphore
+  bounds all of it (`max_workers`). Bytes stream to disk through `pwrite` at their offset: memory stays bounded.
+- A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
+  or git blob id when the source gives one) and only then renamed to its final name.
+- An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
+  done for which remote version; a transient failure inside a part is retried from the byte where it stopped.
+- The manifest makes a re-run skip finished files; `force` fetches everything again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+import orjson
+
+from runtime.download.backends.base import Backend, DownloadError, RemoteFile, RetryableError
+from runtime.download.layout import final_path, partial_path, write_atomically
+from runtime.download.lock import DirectoryLock
+from runtime.download.manifest import Manifest
+
+log = logging.getLogger("airuntime.download")
+
+MIB = 1024 * 1024
+WRITE_CHUNK = 1 * MIB
+HASH_CHUNK = 8 * MIB
+MANIFEST_SAVE_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """Which listed files to fetch: by suffix (AIBrix's DOWNLOADER_ALLOW_FILE_SUFFIX) and by glob patterns."""
+
+    allow_suffixes: tuple[str, ...] = ()
+    allow_patterns: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+
+    def wants(self, path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        if self.allow_suffixes and not any(name.endswith(suffix) for suffix in self.allow_suffixes):
+            return False
+        if self.allow_patterns and not any(fnmatch(path, pattern) for pattern in self.allow_patterns):
+            return False
+        return not any(fnmatch(path, pattern) for pattern in self.ignore_patterns)
+
+    def describe(self) -> str:
+        parts = []
+        if self.allow_suffixes:
+            parts.append("suffixes " + ",".join(self.allow_suffixes))
+        if self.allow_patterns:
+            parts.append("patterns " + ",".join(self.allow_patterns))
+        if self.ignore_patterns:
+            parts.append("ignoring " + ",".join(self.ignore_patterns))
+        return "; ".join(parts) or "all files"
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    max_workers: int = 8
+    part_size: int = 32 * MIB  # files larger than this are fetched as parallel ranged parts of this size
+    force: bool = False
+    retries: int = 6
+    backoff_base: float = 0.25
+    lock_timeout: float = 6 * 3600.0
+
+
+@dataclass
+class Progress:
+    """Live numbers of one download, read by the CLI's progress bar, the job API and the metrics."""
+
+    files_total: int = 0
+    files_done: int = 0
+    files_skipped: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_fetched: int = 0  # bytes actually transferred in this run (not counting skipped or resumed ones)
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    on_bytes: Callable[[int], None] | None = None
+
+    def add_bytes(self, count: int) -> None:
+        self.bytes_done += count
+        self.bytes_fetched += count
+        if self.on_bytes is not None:
+            self.on_bytes(count)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def rate(self) -> float:
+        elapsed = self.elapsed
+        return self.bytes_fetched / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    files: list[str]
+    downloaded: int
+    skipped: int
+    bytes_fetched: int
+    seconds: float
+    waited_for_lock: float
+
+
+async def run_download(
+    backend: Backend,
+    root: Path,
+    settings: TransferSettings,
+    file_filter: FileFilter | None = None,
+    progress: Progress | None = None,
+) -> DownloadResult:
+    """Download every wanted file of `backend` into `root`; returns only when all are complete and verified."""
+    progress = progress or Progress()
+    file_filter = file_filter or FileFilter()
+    root.mkdir(parents=True, exist_ok=True)
+    async with DirectoryLock(root, settings.lock_timeout) as lock:
+        listed = await backend.list_files()
+        wanted = [remote for remote in listed if file_filter.wants(remote.path)]
+        if not wanted:
+            raise DownloadError(
+                f"{backend.describe()} has {len(listed)} file(s) but none matches {file_filter.describe()}",
+                reason="empty",
+                status=404,
+            )
+        transfer = _Transfer(backend, root, settings, progress)
+        await transfer.run(wanted)
+    progress.finished_at = time.time()
+    return DownloadResult(
+        files=[remote.path for remote in wanted],
+        downloaded=progress.files_done - progress.files_skipped,
+        skipped=progress.files_skipped,
+        bytes_fetched=progress.bytes_fetched,
+        seconds=progress.elapsed,
+        waited_for_lock=lock.waited,
+    )
+
+
+class _Transfer:
+    def __init__(self, backend: Backend, root: Path, settings: TransferSettings, progress: Progress) -> None:
+        self._backend = backend
+        self._root = root
+        self._settings = settings
+        self._progress = progress
+        self._slots = asyncio.Semaphore(settings.max_workers)
+        self._open_files = asyncio.Semaphore(max(4, settings.max_workers * 2))
+        self._manifest = Manifest.load(root, backend.describe())
+        self._last_save = 0.0
+
+    async def run(self, files: list[RemoteFile]) -> None:
+        self._progress.files_total = len(files)
+        self._progress.bytes_total = sum(remote.size for remote in files)
+        pending = []
+        for remote in files:
+            if not self._settings.force and await self._is_complete(remote):
+                self._progress.files_done += 1
+                self._progress.files_skipped += 1
+                self._progress.bytes_done += remote.size
+            else:
+                pending.append(remote)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for remote in pending:
+                    group.create_task(self._fetch_file(remote))
+        except* Exception as failures:
+            raise _as_download_error(failures) from None
+        finally:
+            self._manifest.save()
+
+    async def _is_complete(self, remote: RemoteFile) -> bool:
+        path = final_path(self._root, remote.path)
+        entry = self._manifest.matches_remote(remote)
+        if entry is not None and self._manifest.unchanged_on_disk(entry, path):
+            return True
+        # Not recorded, or changed on disk since: trust it only if its content checks out.
+        if not path.is_file() or path.stat().st_size != remote.size or not _has_checksum(remote):
+            return False
+        problem = await asyncio.to_thread(_verify, path, remote)
+        if problem is not None:
+            log.warning(
+                "file on disk does not match the source; fetching again", extra={"fields": {"file": remote.path}}
+            )
+            return False
+        self._manifest.record(remote, path, time.time())
+        return True
+
+    async def _fetch_file(self, remote: RemoteFile) -> None:
+        async with self._open_files:
+            for attempt in (1, 2):
+                try:
+                    await self._fetch_once(remote)
+                    return
+                except _ChecksumMismatch as mismatch:
+                    if attempt == 2:
+                        raise DownloadError(str(mismatch), reason="checksum") from None
+                    log.warning("checksum mismatch; fetching the file again", extra={"fields": {"file": remote.path}})
+
+    async def _fetch_once(self, remote: RemoteFile) -> None:
+        final = final_path(self._root, remote.path)
+        partial = partial_path(self._root, remote.path)
+        state_path = partial.with_name(partial.name + ".json")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        parts = _split(remote.size, self._settings.part_size)
+        done = _resumable_parts(partial, state_path, remote, self._settings.part_size)
+        if done:
+            resumed = sum(end - start for index, (start, end) in enumerate(parts) if index in done)
+            self._progress.bytes_done += resumed
+            log.info("resuming", extra={"fields": {"file": remote.path, "bytes": resumed}})
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, remote.size)
+            state = _PartState(state_path, remote, self._settings.part_size, done) if len(parts) > 1 else None
+            place = getattr(self._backend, "place_file", None)  # a local source copies inside the kernel
+            if place is not None and not done and await place(remote, fd):
+                parts = []
+                self._progress.add_bytes(remote.size)
+            async with asyncio.TaskGroup() as group:
+                for index, (start, end) in enumerate(parts):
+                    if index not in done:
+                        group.create_task(self._fetch_part(remote, fd, index, start, end, state))
+            await asyncio.to_thread(os.fsync, fd)
+        except* Exception as failures:
+            raise _as_download_error(failures) from None
+        finally:
+            os.close(fd)
+        problem = await asyncio.to_thread(_verify, partial, remote)
+        if problem is not None:
+            partial.unlink(missing_ok=True)
+            state_path.unlink(missing_ok=True)
+            raise _ChecksumMismatch(f"{remote.path}: {problem}")
+        os.replace(partial, final)
+        state_path.unlink(missing_ok=True)
+        _fsync_directory(final.parent)
+        self._manifest.record(remote, final, time.time())
+        self._progress.files_done += 1
+        now = time.monotonic()
+        if now - self._last_save > MANIFEST_SAVE_INTERVAL:
+            self._last_save = now
+            self._manifest.save()
+
+    async def _fetch_part(
+        self, remote: RemoteFile, fd: int, index: int, start: int, end: int, state: _PartState | None
+    ) -> None:
+        offset = start
+        failures = 0
+        async with self._slots:
+            while offset < end:
+                buffer = bytearray()
+                try:
+                    async for chunk in self._backend.read_range(remote, offset, end):
+                        buffer += chunk
+                        if len(buffer) >= WRITE_CHUNK:
+                            offset = await self._write(fd, buffer, offset, end, remote)
+                    if buffer:
+                        offset = await self._write(fd, buffer, offset, end, remote)
+                    if offset != end:
+                        raise RetryableError(f"the source sent {offset - start} of {end - start} bytes")
+                except RetryableError as exc:
+                    if buffer:
+                        offset = await self._write(fd, buffer, offset, end, remote)
+                    failures += 1
+                    if failures > self._settings.retries:
+                        raise DownloadError(
+                            f"{remote.path}: giving up after {failures} attempts: {exc}", reason="transient"
+                        ) from None
+                    delay = self._settings.backoff_base * 2 ** (failures - 1) * (0.5 + random.random())
+                    log.info(
+                        "retrying part",
+                        extra={"fields": {"file": remote.path, "offset": offset, "error": str(exc), "delay": delay}},
+                    )
+                    await asyncio.sleep(delay)
+        if state is not None:
+            state.mark_done(index)
+
+    async def _write(self, fd: int, buffer: bytearray, offset: int, end: int, remote: RemoteFile) -> int:
+        if offset + len(buffer) > end:
+            raise DownloadError(f"{remote.path}: the source sent more bytes than asked for", reason="size")
+        await asyncio.to_thread(os.pwrite, fd, buffer, offset)
+        self._progress.add_bytes(len(buffer))
+        written = offset + len(buffer)
+        buffer.clear()
+        return written
+
+
+class _ChecksumMismatch(Exception):
+    pass
+
+
+def _as_download_error(failures: BaseExceptionGroup[Exception]) -> Exception:
+    """The first failure inside (nested) task groups, as a DownloadError when it is a disk problem."""
+    first: BaseException = failures
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    if isinstance(first, DownloadError | _ChecksumMismatch):
+        return first
+    if isinstance(first, OSError):
+        return DownloadError(
+            f"cannot write {first.filename or 'the file'}: {first.strerror}", reason="disk", status=507
+        )
+    if isinstance(first, Exception):
+        return first
+    raise first
+
+
+class _PartState:
+    """The resume record of one partial file: its remote version and the parts already on disk."""
+
+    def __init__(self, path: Path, remote: RemoteFile, part_size: int, done: set[int]) -> None:
+        self._path = path
+        self._header = {"size": remote.size, "etag": remote.etag, "part_size": part_size}
+        self._done = set(done)
+
+    def mark_done(self, index: int) -> None:
+        self._done.add(index)
+        write_atomically(self._path, orjson.dumps({**self._header, "done": sorted(self._done)}))
+
+
+def _resumable_parts(partial: Path, state_path: Path, remote: RemoteFile, part_size: int) -> set[int]:
+    try:
+        state = orjson.loads(state_path.read_bytes())
+        if partial.stat().st_size != remote.size:
+            return set()
+    except (OSError, orjson.JSONDecodeError):
+        return set()
+    if (state.get("size"), state.get("etag"), state.get("part_size")) != (remote.size, remote.etag, part_size):
+        return set()  # the remote file changed, or another part size: start over
+    return {index for index in state.get("done", []) if isinstance(index, int)}
+
+
+def _split(size: int, part_size: int) -> list[tuple[int, int]]:
+    if size == 0:
+        return []
+    return [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
+
+
+def _has_checksum(remote: RemoteFile) -> bool:
+    return bool(remote.sha256 or remote.md5 or remote.git_sha1)
+
+
+def _verify(path: Path, remote: RemoteFile) -> str | None:
+    """None when `path` has the remote's size and (when known) checksum, else what is wrong."""
+    size = path.stat().st_size
+    if size != remote.size:
+        return f"size {size} on disk, {remote.size} at the source"
+    if remote.sha256:
+        digest, expected, kind = hashlib.sha256(), remote.sha256, "sha256"
+    elif remote.md5:
+        digest, expected, kind = hashlib.md5(usedforsecurity=False), remote.md5, "md5"
+    elif remote.git_sha1:
+        digest, expected, kind = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False), remote.git_sha1, "git sha1"
+    else:
+        return None
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        return f"{kind} {actual} on disk, {expected} at the source"
+    return None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

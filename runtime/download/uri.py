@@ -1,0 +1,78 @@
+"""Parse a model source into a `SourceSpec`: which backend, and where inside it.
+
+Accepted forms: `org/repo` and `hf://org/repo[@revision]` (HuggingFace), `s3://`, `tos://`, `obs://`, `gs://`,
+`az://container/prefix` (object stores), `pvc://path` and `file:///path` or an absolute path (mounted volumes), and
+`https://host/path/file` (one file over HTTPS).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+OBJECT_STORE_SCHEMES = ("s3", "tos", "obs", "gs", "az")
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SourceError(ValueError):
+    """The source cannot be understood; the message says which form was expected."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    scheme: str  # hf, s3, tos, obs, gs, az, local, https
+    location: str  # repo id, bucket, directory, or URL
+    prefix: str = ""  # key prefix inside a bucket
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.scheme == "hf":
+            return f"hf://{self.location}" + (f"@{self.revision}" if self.revision else "")
+        if self.scheme in OBJECT_STORE_SCHEMES:
+            return f"{self.scheme}://{self.location}/{self.prefix}".rstrip("/")
+        if self.scheme == "https":
+            parts = urlsplit(self.location)
+            return f"{parts.scheme}://{parts.hostname}{parts.path}"  # never the query: it may hold a signature
+        return self.location
+
+
+def parse_source(raw: str, revision: str | None = None) -> SourceSpec:
+    text = raw.strip()
+    if not text:
+        raise SourceError("the source is empty")
+    lowered = text.lower()
+    if lowered.startswith("hf://"):
+        return _huggingface(text[5:], revision, raw)
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme in OBJECT_STORE_SCHEMES:
+            bucket, _, prefix = rest.partition("/")
+            if not bucket:
+                raise SourceError(f"{raw!r}: expected {scheme}://BUCKET[/PREFIX]")
+            return SourceSpec(scheme=scheme, location=bucket, prefix=prefix.strip("/"))
+        if scheme in ("pvc", "file"):
+            path = "/" + rest.lstrip("/") if scheme == "file" or rest.startswith("/") else rest
+            if not path:
+                raise SourceError(f"{raw!r}: expected {scheme}://PATH")
+            return SourceSpec(scheme="local", location=path)
+        if scheme in ("https", "http"):
+            if not urlsplit(text).hostname:
+                raise SourceError(f"{raw!r}: expected https://HOST/PATH")
+            return SourceSpec(scheme="https", location=text)
+        raise SourceError(
+            f"{raw!r}: unknown scheme {scheme!r}; use org/repo, hf://, s3://, tos://, obs://, gs://, az://, "
+            "pvc://, file:// or https://"
+        )
+    if text.startswith("/"):
+        return SourceSpec(scheme="local", location=text)
+    return _huggingface(text, revision, raw)
+
+
+def _huggingface(text: str, revision: str | None, raw: str) -> SourceSpec:
+    repo, _, inline_revision = text.partition("@")
+    repo = repo.strip("/")
+    if not _REPO_ID.fullmatch(repo):
+        raise SourceError(f"{raw!r}: expected a HuggingFace repo id ORG/NAME (or a URI such as s3://BUCKET/PREFIX)")
+    return SourceSpec(scheme="hf", location=repo, revision=revision or inline_revision or None)
