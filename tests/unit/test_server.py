@@ -38,6 +38,7 @@ def make_config(engine_url: str, **overrides: Any) -> ServeConfig:
         "log_format": "text",
         "pod": "",
         "model": "",
+        "models_dir": "/tmp/airuntime-test-models",
     }
     values.update(overrides)
     return ServeConfig(**values)

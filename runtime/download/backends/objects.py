@@ -136,13 +136,14 @@ def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
     from obstore import exceptions
 
     message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    if isinstance(exc, exceptions.NotFoundError):
-        return DownloadError(f"{what}: not found", reason="not_found", status=404)
+    if isinstance(exc, exceptions.NotFoundError | FileNotFoundError) or "NoSuchBucket" in message:
+        detail = "no object under that prefix and no object of that name" if listing else "object not found"
+        return DownloadError(f"{what}: not found ({detail})", reason="not_found", status=404)
     if isinstance(exc, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
         return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
     if isinstance(exc, exceptions.PreconditionError):
         return DownloadError(f"{what}: the object changed during the download", reason="changed", status=409)
-    if "403" in message or "Forbidden" in message or "SignatureDoesNotMatch" in message:
+    if any(marker in message for marker in ("403 Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
         return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
     if listing:  # obstore already retried; a listing that still fails means the store cannot be reached
         return DownloadError(f"{what}: cannot list: {message}", reason="unreachable", status=502)
