@@ -175,6 +175,29 @@ def cli(ctx: click.Context, version: bool) -> None:
     envvar=["AIRUNTIME_MODELS_DIR", "DOWNLOADER_LOCAL_DIR"],
     help="Base of relative download targets and of AIBrix's /v1/model/list (env DOWNLOADER_LOCAL_DIR too).",
 )
+@click.option(
+    "--adapters-dir",
+    default="/tmp/airuntime/adapters",
+    show_default=True,
+    envvar="AIRUNTIME_ADAPTERS_DIR",
+    help="Where LoRA adapters downloaded without an output_dir land (ADAPTERS_DIR/NAME).",
+)
+@click.option(
+    "--lora-adapters",
+    "lora_adapters_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="AIRUNTIME_LORA_ADAPTERS",
+    help="YAML/JSON list of {name, source} adapters kept loaded; re-read when it changes.",
+)
+@click.option(
+    "--lora-reconcile-interval",
+    type=click.FloatRange(0.2, 3600),
+    default=5.0,
+    show_default=True,
+    envvar="AIRUNTIME_LORA_RECONCILE_INTERVAL",
+    help="Seconds between checks that the engine still has every desired adapter.",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
 def serve(
     engine: str,
@@ -194,6 +217,9 @@ def serve(
     log_level: str,
     log_format: str,
     models_dir: str,
+    adapters_dir: str,
+    lora_adapters_file: str | None,
+    lora_reconcile_interval: float,
     print_config: bool,
 ) -> None:
     """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
@@ -217,6 +243,9 @@ def serve(
         pod=pod,
         model=model,
         models_dir=models_dir,
+        adapters_dir=adapters_dir,
+        lora_adapters_file=lora_adapters_file,
+        lora_reconcile_interval=lora_reconcile_interval,
     )
     rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)
     if print_config:

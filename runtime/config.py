@@ -36,6 +36,9 @@ class ServeConfig:
     pod: str
     model: str
     models_dir: str = "/tmp/airuntime/models"  # where relative download targets and AIBrix's model list live
+    adapters_dir: str = "/tmp/airuntime/adapters"  # where adapters downloaded without an output_dir land
+    lora_adapters_file: str | None = None  # adapters that must stay loaded, re-read on change
+    lora_reconcile_interval: float = 5.0
 
     def describe(self) -> dict[str, Any]:
         """The configuration as printed at start: secrets masked."""

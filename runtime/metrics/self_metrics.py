@@ -83,6 +83,25 @@ class SidecarMetrics:
             "Downloads running now.",
             registry=self.registry,
         )
+        self.lora_adapters = Gauge(
+            name + "lora_adapters",
+            "LoRA adapters managed by the sidecar, by state (downloading, loading, loaded, failed, unloading).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.lora_operations = Counter(
+            name + "lora_operations",
+            "LoRA load, reload (after the engine lost an adapter) and unload operations, by result.",
+            ["operation", "result"],
+            registry=self.registry,
+        )
+        self.lora_operation_duration = Histogram(
+            name + "lora_operation_duration_seconds",
+            "Duration of LoRA operations, downloads included.",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=self.registry,
+        )
         ProcessCollector(namespace=prefix + "_sidecar", registry=self.registry)
 
     def render(self) -> bytes:

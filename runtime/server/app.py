@@ -11,16 +11,22 @@ import aiohttp
 from aiohttp import web
 
 from runtime.config import ServeConfig
+from runtime.lora.desired_file import DesiredFileWatcher
+from runtime.lora.engine_api import EngineLoraApi
+from runtime.lora.manager import LoraManager
 from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
-from runtime.server import download_routes, probes
+from runtime.server import download_routes, lora_routes, probes
 from runtime.server.jsonio import BadRequest, error_response
+from runtime.server.lora_routes import LORA
 from runtime.server.metrics_route import metrics_handler
 from runtime.server.state import SidecarState
 
 log = logging.getLogger("airuntime.server")
+
+LORA_ENGINE_TIMEOUT = 300.0  # loading a large adapter can take minutes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,15 +74,41 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
             identity=identity,
         )
 
+    def session() -> aiohttp.ClientSession:
+        assert state.session is not None, "the client session opens when the server starts"
+        return state.session
+
+    lora = LoraManager(
+        identity,
+        EngineLoraApi(session, config.engine_url, LORA_ENGINE_TIMEOUT),
+        metrics,
+        config.adapters_dir,
+        config.engine_api_key,
+    )
+    app[LORA] = lora
+    background: list[asyncio.Task[None]] = []
+
+    async def start_background(app: web.Application) -> None:
+        background.append(asyncio.ensure_future(lora.run_reconciler(config.lora_reconcile_interval)))
+        if config.lora_adapters_file:
+            watcher = DesiredFileWatcher(config.lora_adapters_file, lora)
+            background.append(asyncio.ensure_future(watcher.run(config.lora_reconcile_interval)))
+
     async def close_session(app: web.Application) -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await lora.stop()
         if state.session is not None:
             await state.session.close()
 
     app.on_startup.append(open_session)
+    app.on_startup.append(start_background)
     app.on_cleanup.append(close_session)
     app.router.add_get("/metrics", metrics_handler)
     probes.add_routes(app.router)
     download_routes.add_routes(app, state)
+    lora_routes.add_routes(app)
     return app
 
 

@@ -39,6 +39,7 @@ def make_config(engine_url: str, **overrides: Any) -> ServeConfig:
         "pod": "",
         "model": "",
         "models_dir": "/tmp/airuntime-test-models",
+        "adapters_dir": "/tmp/airuntime-test-adapters",
     }
     values.update(overrides)
     return ServeConfig(**values)

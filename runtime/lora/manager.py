@@ -1,0 +1,342 @@
+"""The LoRA adapter lifecycle: download, load, unload, list, and a desired set kept loaded across engine restarts.
+
+Every load request (API or `--lora-adapters` file) adds the adapter to the desired set; unloading removes it. A
+reconcile loop compares the set with what the engine reports (`GET /v1/models`) and loads again whatever the
+engine lost — after an engine restart, for instance — with exponential backoff. Operations on one adapter name are
+serialised by one lock per name; different names run in parallel. Downloaded files are reused (the downloader's
+manifest), so a reload never fetches an adapter twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.download.backends.base import DownloadError
+from runtime.download.service import DownloadRequest, execute, prepare
+from runtime.download.transfer import TransferSettings
+from runtime.lora.engine_api import EngineLoraApi, EngineLoraError
+from runtime.metrics.identity import EngineIdentity
+from runtime.metrics.self_metrics import SidecarMetrics
+
+log = logging.getLogger("airuntime.lora")
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STATES = ("downloading", "loading", "loaded", "failed", "unloading")
+MAX_BACKOFF = 60.0
+
+
+class LoraError(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class AdapterRecord:
+    name: str
+    path: str
+    source: str | None = None  # where it was downloaded from (described: no credentials)
+    download: DownloadRequest | None = None  # how to fetch it again (holds credentials: never shown)
+    state: str = "loading"
+    last_error: str | None = None
+    from_file: bool = False
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    loaded_at: float | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        self.state = state
+        self.last_error = error
+        self.updated_at = time.time()
+
+    def public(self, engine_loaded: bool | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": self.path,
+            "state": self.state,
+            "engine_loaded": engine_loaded,
+            "managed": True,
+            "from_file": self.from_file,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise LoraError("missing required field 'lora_name'", 400)
+    if not NAME_RE.fullmatch(name):
+        raise LoraError(f"lora_name {name!r} must be 1-128 letters, digits, '.', '_' or '-' (no path characters)", 400)
+    return name
+
+
+def check_adapter_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise LoraError(f"adapter path {path} is not a directory on the sidecar's volume", 400)
+    if not (path / "adapter_config.json").is_file():
+        raise LoraError(f"adapter path {path} has no adapter_config.json: not a PEFT LoRA adapter", 400)
+
+
+class LoraManager:
+    def __init__(
+        self,
+        identity: EngineIdentity,
+        api: EngineLoraApi,
+        metrics: SidecarMetrics,
+        adapters_dir: str,
+        api_key: str | None,
+    ) -> None:
+        self._identity = identity
+        self._api = api
+        self._metrics = metrics
+        self._adapters_dir = Path(adapters_dir)
+        self._default_auth = f"Bearer {api_key}" if api_key else None
+        self._records: dict[str, AdapterRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._starting: set[str] = set()
+        self._update_gauges()
+
+    # -- operations ------------------------------------------------------------------------------------------
+    def prepare_load(
+        self,
+        name: str,
+        *,
+        source: str | None = None,
+        lora_path: str | None = None,
+        output_dir: str | None = None,
+        config: dict[str, Any] | None = None,
+        max_workers: int = 8,
+    ) -> tuple[Path, DownloadRequest | None]:
+        """Validate a load request before anything runs: (local path, download to do first or None)."""
+        check_name(name)
+        if self._identity.engine != "unknown":
+            self._api.check_supported(self._identity.engine)  # 501 at once for engines without a load API
+        if not source and not lora_path:
+            raise LoraError("give 'source' (to download the adapter) or 'lora_path' (an adapter on disk)", 400)
+        path = Path(lora_path or output_dir or self._adapters_dir / name)
+        if not path.is_absolute():
+            path = self._adapters_dir / path
+        download = None
+        if source:
+            download = DownloadRequest(
+                source=source, local_dir=path, config=config or {}, transfer=TransferSettings(max_workers=max_workers)
+            )
+            try:
+                prepare(download)
+            except DownloadError as exc:
+                raise LoraError(str(exc), exc.status) from None
+        return path, download
+
+    async def load(
+        self,
+        name: str,
+        path: Path,
+        download: DownloadRequest | None,
+        *,
+        inplace: bool = False,
+        auth: str | None = None,
+        from_file: bool = False,
+    ) -> tuple[AdapterRecord, bool]:
+        """Download (if asked) and load; returns (record, changed). Idempotent for the same name and path."""
+        async with self._lock(name):
+            engine = self._identity.engine
+            self._api.check_supported(engine)
+            existing = self._records.get(name)
+            if existing is not None and existing.state == "loaded" and not inplace:
+                if Path(existing.path) == path:
+                    if await self._engine_has(existing, engine, auth or self._default_auth):
+                        return existing, False
+                else:
+                    raise LoraError(
+                        f"adapter {name!r} is loaded from {existing.path}; unload it first or set load_inplace", 409
+                    )
+            record = existing or AdapterRecord(name=name, path=str(path))
+            record.path, record.from_file = str(path), from_file or record.from_file
+            if download is not None:
+                record.source, record.download = prepare(download).describe(), download
+            self._records[name] = record
+            await self._bring_up(record, engine, inplace, auth or self._default_auth, "load")
+            return record, True
+
+    async def unload(self, name: str, auth: str | None = None) -> AdapterRecord | None:
+        check_name(name)
+        async with self._lock(name):
+            engine = self._identity.engine
+            self._api.check_supported(engine)
+            record = self._records.get(name)
+            if record is not None:
+                record.set_state("unloading")
+                self._update_gauges()
+            started = time.perf_counter()
+            try:
+                await self._api.unload(engine, name, auth or self._default_auth)
+            except EngineLoraError as exc:
+                self._count("unload", "error", started)
+                if record is not None and exc.status == 404:
+                    self._records.pop(name, None)  # the engine had lost it already: nothing left to keep loaded
+                    self._update_gauges()
+                elif record is not None:
+                    record.set_state("failed", str(exc))
+                    self._update_gauges()
+                raise LoraError(str(exc), exc.status) from None
+            self._count("unload", "ok", started)
+            self._records.pop(name, None)
+            self._update_gauges()
+            return record
+
+    def record(self, name: str) -> AdapterRecord | None:
+        return self._records.get(name)
+
+    def busy(self, name: str) -> bool:
+        return self._lock(name).locked() or name in self._starting
+
+    def load_in_background(self, name: str, path: Path, download: DownloadRequest | None, **kwargs: Any) -> None:
+        async def run() -> None:
+            try:
+                await self.load(name, path, download, **kwargs)
+            except (LoraError, EngineLoraError) as exc:
+                log.warning("adapter load failed", extra={"fields": {"adapter": name, "error": str(exc)}})
+            finally:
+                self._starting.discard(name)
+
+        self._starting.add(name)
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def listing(self, auth: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Every adapter we manage, reconciled with the engine's own list, plus adapters only the engine has."""
+        engine_error = None
+        loaded: dict[str, Any] | None = None
+        try:
+            loaded = dict(await self._api.loaded(self._identity.engine, auth or self._default_auth))
+        except EngineLoraError as exc:
+            engine_error = str(exc)
+        entries = [
+            record.public(None if loaded is None else name in loaded) for name, record in sorted(self._records.items())
+        ]
+        for name, adapter in sorted((loaded or {}).items()):
+            if name not in self._records:
+                entries.append(
+                    {"name": name, "source": None, "path": adapter.path, "state": "loaded", "engine_loaded": True}
+                    | {"managed": False, "from_file": False, "last_error": None}
+                )
+        return entries, engine_error
+
+    # -- desired state ---------------------------------------------------------------------------------------
+    async def reconcile_once(self) -> None:
+        """Load again every desired adapter the engine does not have (after a restart), honouring backoff."""
+        if not self._records:
+            return
+        engine = self._identity.engine
+        try:
+            self._api.check_supported(engine)
+            loaded = await self._api.loaded(engine, self._default_auth)
+        except EngineLoraError:
+            return  # engine down or unknown: try again on the next round
+        now = time.monotonic()
+        for name, record in list(self._records.items()):
+            lock = self._lock(name)
+            if lock.locked() or record.state in ("unloading", "downloading") or now < record.retry_at:
+                continue
+            if name in loaded:
+                if record.state != "loaded":
+                    record.set_state("loaded")
+                    self._update_gauges()
+                continue
+            if record.state == "loaded":
+                log.warning("engine lost adapter; loading it again", extra={"fields": {"adapter": name}})
+            async with lock:
+                if self._records.get(name) is not record:
+                    continue
+                try:
+                    await self._bring_up(record, engine, False, self._default_auth, "reload")
+                except LoraError:
+                    continue
+
+    async def run_reconciler(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile_once()
+            except Exception:  # the loop must survive anything one round does
+                log.exception("adapter reconcile round failed")
+
+    def forget_from_file(self, keep: set[str]) -> list[str]:
+        """Names declared by the file earlier but not any more (the caller unloads them)."""
+        return [name for name, record in self._records.items() if record.from_file and name not in keep]
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    async def _bring_up(self, record: AdapterRecord, engine: str, inplace: bool, auth: str | None, op: str) -> None:
+        started = time.perf_counter()
+        try:
+            if record.download is not None:
+                record.set_state("downloading")
+                self._update_gauges()
+                try:
+                    await execute(prepare(record.download))
+                except DownloadError as exc:
+                    raise LoraError(f"downloading adapter {record.name!r} failed: {exc}", exc.status) from None
+            await asyncio.to_thread(check_adapter_dir, Path(record.path))
+            record.set_state("loading")
+            self._update_gauges()
+            try:
+                await self._api.load(engine, record.name, record.path, inplace, auth)
+            except EngineLoraError as exc:
+                if exc.status == 400 and "already" in str(exc).lower() and await self._engine_has(record, engine, auth):
+                    pass  # loaded by an earlier life of this sidecar: same name, same path
+                else:
+                    raise LoraError(str(exc), exc.status) from None
+        except LoraError as exc:
+            record.failures += 1
+            record.retry_at = time.monotonic() + min(MAX_BACKOFF, 2.0**record.failures)
+            record.set_state("failed", str(exc))
+            self._count(op, "error", started)
+            self._update_gauges()
+            raise
+        record.failures = 0
+        record.retry_at = 0.0
+        record.loaded_at = time.time()
+        record.set_state("loaded")
+        self._count(op, "ok", started)
+        self._update_gauges()
+        log.info("adapter loaded", extra={"fields": {"adapter": record.name, "path": record.path, "operation": op}})
+
+    async def _engine_has(self, record: AdapterRecord, engine: str, auth: str | None) -> bool:
+        try:
+            loaded = await self._api.loaded(engine, auth)
+        except EngineLoraError:
+            return False
+        adapter = loaded.get(record.name)
+        return adapter is not None and (adapter.path is None or Path(adapter.path) == Path(record.path))
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _count(self, operation: str, result: str, started: float) -> None:
+        self._metrics.lora_operations.labels(operation, result).inc()
+        self._metrics.lora_operation_duration.labels(operation).observe(time.perf_counter() - started)
+
+    def _update_gauges(self) -> None:
+        counts = dict.fromkeys(STATES, 0)
+        for record in self._records.values():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        for state, count in counts.items():
+            self._metrics.lora_adapters.labels(state).set(count)
