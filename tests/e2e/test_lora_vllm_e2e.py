@@ -1,0 +1,118 @@
+"""LoRA adapters through the sidecar into a real vLLM (CPU build, tiny model, runtime LoRA updating on): from a local
+path (AIBrix API), from S3 (SeaweedFS) and from the HuggingFace Hub emulator (Kthena API), completions through each,
+unload, and the sidecar loading its adapters again by itself after vLLM is killed and restarted."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.peers import vllm_cpu
+from tests.peers.hub_emulator import HubEmulator
+from tests.peers.seaweedfs import S3Peer, running_seaweedfs
+from tests.support.sidecar import running_sidecar
+
+pytestmark = pytest.mark.e2e
+
+
+def call(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 300) -> tuple[int, Any]:
+    """(status, JSON body, or the text when the answer is not JSON: vLLM's LoRA successes are plain text)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def engine_adapters(peer: vllm_cpu.VllmPeer) -> dict[str, str]:
+    status, models = call("GET", f"{peer.base_url}/v1/models", timeout=10)
+    assert status == 200
+    return {card["id"]: card["root"] for card in models["data"] if card.get("parent")}
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Peer]:
+    with running_seaweedfs(buckets=("adapters",)) as peer:
+        yield peer
+
+
+def test_adapters_from_every_source_and_reload_after_engine_restart(
+    vllm_peer: vllm_cpu.VllmPeer, s3: S3Peer, tmp_path: Path
+) -> None:
+    lora_a, lora_b = vllm_peer.adapter_dirs["lora-a"], vllm_peer.adapter_dirs["lora-b"]
+    for file in lora_b.iterdir():
+        s3.put_file("adapters", f"lora-b/{file.name}", file)
+    for name in list(engine_adapters(vllm_peer)):  # a clean engine (another test may have loaded lora-a)
+        call("POST", f"{vllm_peer.base_url}/v1/unload_lora_adapter", {"lora_name": name})
+    s3_config = {
+        "endpoint": s3.endpoint,
+        "access_key": s3.access_key,
+        "secret_key": s3.secret_key,
+        "addressing_style": "path",
+    }
+    args = ["--engine", "vllm", "--engine-url", vllm_peer.base_url, "--adapters-dir", str(tmp_path / "adapters")]
+    args += ["--lora-reconcile-interval", "1"]
+    with HubEmulator() as hub, running_sidecar(args) as sidecar:
+        hub.add_repo("org/lora-hf", {f.name: f.read_bytes() for f in lora_a.iterdir()})
+
+        status, body = call(
+            "POST", f"{sidecar}/v1/lora_adapter/load", {"lora_name": "local-a", "lora_path": str(lora_a)}
+        )
+        assert status == 200, body
+        request = {"lora_name": "s3-b", "source": "s3://adapters/lora-b", "config": json.dumps(s3_config)}
+        status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
+        assert status == 200, body
+        assert set(engine_adapters(vllm_peer)) == {"local-a", "s3-b"}
+        for name in ("local-a", "s3-b"):
+            result = vllm_cpu.complete(vllm_peer.base_url, name, "airuntime loads adapters")
+            assert result["model"] == name
+
+        status, body = call(
+            "POST", f"{sidecar}/v1/lora_adapter/load", {"lora_name": "local-a", "lora_path": str(lora_a)}
+        )
+        assert status == 200 and "already loaded" in body["message"]
+        status, body = call("POST", f"{sidecar}/v1/unload_lora_adapter", {"lora_name": "s3-b"})
+        assert status == 200, body
+        status, body = call("POST", f"{sidecar}/v1/lora_adapter/unload", {"lora_name": "s3-b"})
+        assert status == 404, body  # vLLM's own 404 passes through
+        request = {"lora_name": "hf-a", "source": "org/lora-hf", "config": {"hf_endpoint": hub.endpoint}}
+        status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
+        assert status == 200, body
+        assert set(engine_adapters(vllm_peer)) == {"local-a", "hf-a"}
+        assert vllm_cpu.complete(vllm_peer.base_url, "hf-a", "hello")["model"] == "hf-a"
+
+        status, listing = call("GET", f"{sidecar}/v1/lora_adapters")
+        states = {entry["name"]: (entry["state"], entry["engine_loaded"]) for entry in listing["data"]}
+        assert states == {"local-a": ("loaded", True), "hf-a": ("loaded", True)}
+
+        vllm_peer.kill()
+        vllm_peer.start()
+        wait_for(lambda: set(engine_adapters(vllm_peer)) == {"local-a", "hf-a"}, 120, "the sidecar to reload both")
+        assert vllm_cpu.complete(vllm_peer.base_url, "hf-a", "after the restart")["model"] == "hf-a"
+        with urllib.request.urlopen(f"{sidecar}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'airuntime:lora_operations_total{operation="reload",result="ok"} 2.0' in metrics
+        assert 'airuntime:lora_adapters{state="loaded"} 2.0' in metrics
+    for name in list(engine_adapters(vllm_peer)):
+        call("POST", f"{vllm_peer.base_url}/v1/unload_lora_adapter", {"lora_name": name})
