@@ -59,6 +59,68 @@ CASES = [
     ),
 ]
 CASES.append(("sglang-0.5.23-metrics-singleprocess.txt", "sglang", CASES[1][2]))
+CASES += [
+    (
+        "tgi-metrics.txt",
+        "tgi",
+        {
+            "num_requests_running": "tgi_batch_current_size",
+            "num_requests_waiting": "tgi_queue_size",
+            "e2e_request_latency_seconds": "tgi_request_duration",
+            "request_queue_time_seconds": "tgi_request_queue_duration",
+            "request_inference_time_seconds": "tgi_request_inference_duration",
+            "request_prompt_tokens": "tgi_request_input_length",
+            "request_generation_tokens": "tgi_request_generated_tokens",
+            "request_success_total": "tgi_request_success",
+            "request_failure_total": "tgi_request_failure",
+        },
+    ),
+    (
+        "llamacpp-metrics.txt",
+        "llamacpp",
+        {
+            "num_requests_running": "llamacpp:requests_processing",
+            "num_requests_waiting": "llamacpp:requests_deferred",
+            "prompt_tokens_total": "llamacpp:prompt_tokens_total",
+            "generation_tokens_total": "llamacpp:tokens_predicted_total",
+            "prefix_cache_hits_total": "llamacpp:prompt_tokens_cached_total",
+            "prompt_seconds_total": "llamacpp:prompt_seconds_total",
+            "generation_seconds_total": "llamacpp:tokens_predicted_seconds_total",
+        },
+    ),
+    (
+        "trtllm-serve-metrics.txt",
+        "trtllm",
+        {
+            "num_requests_running": "trtllm_num_requests_running",
+            "num_requests_waiting": "trtllm_num_requests_waiting",
+            "kv_cache_usage_perc": "trtllm_kv_cache_utilization",
+            "prompt_tokens_total": "trtllm_prompt_tokens_total",
+            "generation_tokens_total": "trtllm_generation_tokens_total",
+            "time_to_first_token_seconds": "trtllm_time_to_first_token_seconds",
+            "request_time_per_output_token_seconds": "trtllm_time_per_output_token_seconds",
+            "e2e_request_latency_seconds": "trtllm_e2e_request_latency_seconds",
+            "request_queue_time_seconds": "trtllm_request_queue_time_seconds",
+            "request_success_total": "trtllm_request_success_total",
+        },
+    ),
+    (
+        "lmdeploy-metrics.txt",
+        "lmdeploy",
+        {
+            "num_requests_running": "lmdeploy:num_requests_running",
+            "num_requests_waiting": "lmdeploy:num_requests_waiting",
+            "kv_cache_usage_perc": "lmdeploy:gpu_cache_usage_perc",
+            "prompt_tokens_total": "lmdeploy:prompt_tokens_total",
+            "generation_tokens_total": "lmdeploy:generation_tokens_total",
+            "time_to_first_token_seconds": "lmdeploy:time_to_first_token_seconds",
+            "time_per_output_token_seconds": "lmdeploy:iter_token_latency",
+            "e2e_request_latency_seconds": "lmdeploy:e2e_request_latency_seconds",
+            "request_queue_time_seconds": "lmdeploy:request_queue_time_seconds",
+            "request_success_total": "lmdeploy:request_success_total",
+        },
+    ),
+]
 
 
 def _mirror(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], unified: str, source: str) -> int:
@@ -72,6 +134,8 @@ def _mirror(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], unifie
         suffix = name[len(source_base) :]
         if suffix not in ("", "_total", "_bucket", "_sum", "_count"):
             continue
+        if suffix == "" and unified.endswith("_total"):
+            suffix = "_total"  # a counter without `_total` on the wire (TGI) gets it in the unified copy
         twin = values.get((target_base + suffix, labels))
         assert twin is not None, f"{name}{dict(labels)} has no unified twin {target_base + suffix}"
         assert twin == value or (twin != twin and value != value), f"{name}: {twin} != {value}"
@@ -91,7 +155,7 @@ def test_unified_families_mirror_the_engine(
     assert rewriter.families_by_engine.most_common(1)[0][0] == engine
     families = families_of(out)
     for unified, source in mapping.items():
-        assert families.get("airuntime:" + unified) == families[source], unified
+        assert families.get("airuntime:" + unified) == families[source if source in families else source + "_total"]
     values = sample_values(out)
     for unified, source in mapping.items():
         assert _mirror(values, unified, source) > 0, f"no samples for {source}"
@@ -148,3 +212,38 @@ def test_kthena_prefix_reproduces_kthena_names() -> None:
         "kthena:time_per_output_token_seconds",
         "kthena:e2e_request_latency_seconds",
     }
+
+
+def test_triton_per_type_gauges_and_unit_conversions() -> None:
+    payload = (FIXTURES / "triton-trtllm-metrics.txt").read_bytes()
+    out, rewriter = rewrite_bytes(payload, build_ruleset("auto"))
+    assert rewriter.families_by_engine.most_common(1)[0][0] == "trtllm"
+    assert_valid_exposition(out)
+    values = sample_values(out)
+    for unified, label in (("num_requests_running", "active"), ("num_requests_waiting", "waiting")):
+        engine = {
+            labels: value
+            for (name, labels), value in values.items()
+            if name == "nv_trt_llm_request_metrics" and ("request_type", label) in labels
+        }
+        assert engine
+        for labels, value in engine.items():
+            kept = tuple(pair for pair in labels if pair[0] != "request_type")
+            assert values[(f"airuntime:{unified}", kept)] == value
+    fraction = [
+        v
+        for (n, labels), v in values.items()
+        if n == "nv_trt_llm_kv_cache_block_metrics" and ("kv_cache_block_type", "fraction") in labels
+    ]
+    assert [v for (n, _), v in values.items() if n == "airuntime:kv_cache_usage_perc"] == fraction
+    for (name, labels), value in values.items():
+        if name == "nv_inference_request_duration_us":
+            assert values[("airuntime:request_duration_seconds_total", labels)] == pytest.approx(value / 1e6)
+        if name == "nv_inference_first_response_histogram_ms_sum":
+            assert values[("airuntime:first_response_seconds_sum", labels)] == pytest.approx(value / 1e3)
+        if name == "nv_inference_first_response_histogram_ms_bucket":
+            le = dict(labels)["le"]
+            scaled = "+Inf" if le == "+Inf" else repr(float(le) / 1000)
+            converted = tuple(("le", scaled) if key == "le" else (key, v) for key, v in labels)
+            assert values[("airuntime:first_response_seconds_bucket", converted)] == value
+    assert b"unit converted by airuntime" in out
