@@ -99,7 +99,7 @@ def test_drift_old_name_alone_still_feeds_the_unified_family() -> None:
 def test_no_raw_metrics_keeps_only_unified_families() -> None:
     out = rewrite(COUNTER + HISTOGRAM, keep_raw=False)
     assert b"vllm:" not in out
-    assert set(families_of(out)) == {"airuntime:prompt_tokens_total", "airuntime:time_to_first_token_seconds"}
+    assert set(families_of(out)) == {"airuntime:prompt_tokens_total", "airuntime:first_response_seconds"}
 
 
 def test_multiprocess_shape_sum_before_buckets_and_no_help() -> None:
@@ -285,15 +285,15 @@ def test_unit_conversion_rescales_le_and_sum_never_rebuckets() -> None:
     out = rewrite(TRITON_TTFT, rules=build_ruleset("trtllm"))
     assert out.startswith(TRITON_TTFT.split(b"# HELP nv_inference_request_duration_us")[0])
     assert (
-        b"# HELP airuntime:time_to_first_token_seconds Duration from request to first response in milliseconds "
+        b"# HELP airuntime:first_response_seconds Duration from request to first response in milliseconds "
         b"[unit converted by airuntime: engine values divided by 1000]\n"
-        b"# TYPE airuntime:time_to_first_token_seconds histogram\n"
-        b'airuntime:time_to_first_token_seconds_count{model="ensemble",version="1"} 3\n'
-        b'airuntime:time_to_first_token_seconds_sum{model="ensemble",version="1"} 1.2345\n'
-        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="0.1"} 1\n'
-        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="0.5"} 2\n'
-        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="2.0"} 3\n'
-        b'airuntime:time_to_first_token_seconds_bucket{model="ensemble",version="1",le="+Inf"} 3\n'
+        b"# TYPE airuntime:first_response_seconds histogram\n"
+        b'airuntime:first_response_seconds_count{model="ensemble",version="1"} 3\n'
+        b'airuntime:first_response_seconds_sum{model="ensemble",version="1"} 1.2345\n'
+        b'airuntime:first_response_seconds_bucket{model="ensemble",version="1",le="0.1"} 1\n'
+        b'airuntime:first_response_seconds_bucket{model="ensemble",version="1",le="0.5"} 2\n'
+        b'airuntime:first_response_seconds_bucket{model="ensemble",version="1",le="2.0"} 3\n'
+        b'airuntime:first_response_seconds_bucket{model="ensemble",version="1",le="+Inf"} 3\n'
     ) in out
     assert b'airuntime:request_duration_seconds_total{model="ensemble",version="1"} 2.500001\n' in out
     assert_valid_exposition(out)

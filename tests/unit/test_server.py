@@ -209,8 +209,8 @@ async def test_api_key_sent_as_bearer_token_and_never_shown() -> None:
 
 TGI_PAYLOAD = b"""# TYPE tgi_queue_size gauge
 tgi_queue_size 2
-# TYPE tgi_request_count counter
-tgi_request_count 9
+# TYPE tgi_request_success counter
+tgi_request_success 9
 """
 
 
@@ -253,7 +253,7 @@ async def test_auto_recognises_engine_reports_version_and_follows_a_swap() -> No
         assert await engine_info() == {"engine": "tgi", "version": "3.3.6"}
         body = await get_metrics(client)
         assert b"airuntime:num_requests_waiting 2\n" in body
-        assert b"# TYPE airuntime:requests_total counter\nairuntime:requests_total 9\n" in body
+        assert b"# TYPE airuntime:request_success_total counter\nairuntime:request_success_total 9\n" in body
         assert_valid_exposition(body)
     finally:
         await client.close()
