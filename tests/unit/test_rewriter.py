@@ -99,7 +99,7 @@ def test_drift_old_name_alone_still_feeds_the_unified_family() -> None:
 def test_no_raw_metrics_keeps_only_unified_families() -> None:
     out = rewrite(COUNTER + HISTOGRAM, keep_raw=False)
     assert b"vllm:" not in out
-    assert set(families_of(out)) == {"airuntime:prompt_tokens_total", "airuntime:first_response_seconds"}
+    assert set(families_of(out)) == {"airuntime:prompt_tokens_total", "airuntime:time_to_first_token_seconds"}
 
 
 def test_multiprocess_shape_sum_before_buckets_and_no_help() -> None:
