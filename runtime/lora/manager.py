@@ -287,7 +287,8 @@ class LoraManager:
     async def _bring_up(self, record: AdapterRecord, engine: str, inplace: bool, auth: str | None, op: str) -> None:
         started = time.perf_counter()
         try:
-            if record.download is not None:
+            downloaded_before = (Path(record.path) / ".airuntime" / "manifest.json").is_file()
+            if record.download is not None and not (op == "reload" and downloaded_before):
                 record.set_state("downloading")
                 self._update_gauges()
                 try:

@@ -40,9 +40,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -50,6 +48,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
+
+from tests.support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -348,7 +348,7 @@ class _ProxyApp:
         transport.close()
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     """The proxy on a background thread with its own loop; usable from sync tests. Also a context manager.
 
     `upstream` is an origin such as "http://127.0.0.1:8333"; `port=0` picks a free port. `upstream_read_timeout`
@@ -366,41 +366,7 @@ class FaultProxy:
     ) -> None:
         self._state = _State()
         self._app = _ProxyApp(upstream, port, self._state, rewrite_host, rewrite_location, upstream_read_timeout)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
-        self._started = False
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        self._call(self._app.start())
-        self._started = True
-        return self
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        try:
-            self._call(self._app.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    def _call(self, coro: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._app.port
+        super().__init__(self._app, "fault-proxy")
 
     @property
     def url(self) -> str:

@@ -74,13 +74,14 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+
+from tests.support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
 DEFAULT_LFS_THRESHOLD = 1024 * 1024
@@ -613,7 +614,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class HubEmulator:
+class HubEmulator(ThreadedServer):
     """The Hub emulator on a background thread with its own event loop; usable from sync code and as a context
     manager. ``port=0`` picks a free port; `endpoint` is the base URL for ``endpoint=``/``HF_ENDPOINT``."""
 
@@ -626,41 +627,7 @@ class HubEmulator:
         valid_tokens: Iterable[str] = (),
     ) -> None:
         self._app = _HubApp(port, tree_page_size, blob_host, valid_tokens)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="hub-emulator", daemon=True)
-        self._started = False
-
-    def start(self) -> HubEmulator:
-        self._thread.start()
-        self._call(self._app.start())
-        self._started = True
-        return self
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        try:
-            self._call(self._app.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    def _call(self, coro: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def __enter__(self) -> HubEmulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._app.port
+        super().__init__(self._app, "hub-emulator")
 
     @property
     def endpoint(self) -> str:

@@ -35,17 +35,18 @@ import contextlib
 import random
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from aiohttp import web
+
+from tests.support.threaded_server import ThreadedServer
 
 Mode = Literal["ok", "refuse", "slow", "error500", "garbage", "truncated"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -200,7 +201,7 @@ class _EngineApp:
         return web.Response(text=f"{mode}\n", headers={"Connection": "close"})
 
 
-class FakeEngine:
+class FakeEngine(ThreadedServer):
     """The fake engine on a background thread with its own event loop; usable from sync code.
 
     `port=0` picks a free port (kept across `refuse` → other mode switches). Also a context manager.
@@ -208,41 +209,7 @@ class FakeEngine:
 
     def __init__(self, payload: bytes | None = None, port: int = 0, control_endpoint: bool = True) -> None:
         self._engine = _EngineApp(vllm_payload() if payload is None else payload, port, control_endpoint)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-engine", daemon=True)
-        self._started = False
-
-    def start(self) -> FakeEngine:
-        self._thread.start()
-        self._call(self._engine.start())
-        self._started = True
-        return self
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        try:
-            self._call(self._engine.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    def _call(self, coro: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def __enter__(self) -> FakeEngine:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._engine.port
+        super().__init__(self._engine, "fake-engine")
 
     @property
     def url(self) -> str:
