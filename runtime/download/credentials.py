@@ -1,7 +1,11 @@
 """Where a download's endpoint, region and credentials come from: the request's `config`, then the environment.
 
 `config` keys (Kthena's): hf_token hf_endpoint hf_revision access_key secret_key endpoint region, plus ours:
-session_token addressing_style (path|virtual) verify_md5 (false for SSE-KMS buckets, whose ETags are not MD5s).
+session_token addressing_style (path|virtual) verify_md5 (false for SSE-KMS buckets, whose ETags are not MD5s),
+account_name (Azure; else taken from an endpoint like https://ACCOUNT.blob.core.windows.net or http://host/ACCOUNT)
+and skip_signature (gs/az: unsigned requests, for public buckets and emulators).
+For gs://, `endpoint` is the service's base URL (GCS `base_url`); for az://, `endpoint` is the account's blob
+endpoint and `access_key` its account key.
 Environment fallbacks, by source:
   hf   HF_TOKEN / HF_AUTH_TOKEN / HUGGING_FACE_HUB_TOKEN, HF_ENDPOINT, HF_REVISION
   s3   AWS_ACCESS_KEY_ID / ACCESS_KEY, AWS_SECRET_ACCESS_KEY / SECRET_KEY, AWS_SESSION_TOKEN,
@@ -9,7 +13,11 @@ Environment fallbacks, by source:
        the default AWS chain (web identity / IRSA, container and instance credentials)
   tos  TOS_ACCESS_KEY / ACCESS_KEY, TOS_SECRET_KEY / SECRET_KEY, TOS_ENDPOINT / ENDPOINT, TOS_REGION
   obs  OBS_ACCESS_KEY_ID / ACCESS_KEY, OBS_SECRET_ACCESS_KEY / SECRET_KEY, OBS_ENDPOINT / ENDPOINT, OBS_REGION
-  gs, az  the variables of Google Cloud and Azure SDKs (GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)
+  gs   GOOGLE_BASE_URL; credentials as obstore finds them (GOOGLE_SERVICE_ACCOUNT[_KEY|_PATH],
+       GOOGLE_APPLICATION_CREDENTIALS, GOOGLE_BEARER_TOKEN, else the GCE metadata server)
+  az   AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_ACCESS_KEY / AZURE_STORAGE_MASTER_KEY,
+       AZURE_STORAGE_ENDPOINT / AZURE_ENDPOINT; other AZURE_* credentials (SAS, service principal, managed
+       identity, AZURE_STORAGE_USE_EMULATOR) as obstore finds them
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ CONFIG_KEYS = (
     "region",
     "addressing_style",
     "verify_md5",
+    "account_name",
+    "skip_signature",
 )
+_BOOL_KEYS = ("verify_md5", "skip_signature")
 SECRET_KEYS = ("hf_token", "secret_key", "session_token", "access_key")
 
 _ENV: dict[str, dict[str, tuple[str, ...]]] = {
@@ -59,6 +70,14 @@ _ENV: dict[str, dict[str, tuple[str, ...]]] = {
         "endpoint": ("OBS_ENDPOINT", "ENDPOINT"),
         "region": ("OBS_REGION",),
     },
+    "gs": {
+        "endpoint": ("GOOGLE_BASE_URL",),
+    },
+    "az": {
+        "account_name": ("AZURE_STORAGE_ACCOUNT_NAME",),
+        "access_key": ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY"),
+        "endpoint": ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"),
+    },
 }
 
 
@@ -74,6 +93,8 @@ class SourceSettings:
     region: str | None = None
     addressing_style: str | None = None
     verify_md5: bool = True
+    account_name: str | None = None
+    skip_signature: bool = False
 
     def secrets(self) -> list[str]:
         return [value for key in SECRET_KEYS if isinstance(value := getattr(self, key), str) and value]
@@ -93,9 +114,9 @@ def validate_config(config: Any) -> dict[str, Any]:
             status=400,
         )
     for key, value in config.items():
-        if key == "verify_md5":
+        if key in _BOOL_KEYS:
             if not isinstance(value, bool):
-                raise DownloadError("config 'verify_md5' must be true or false", reason="bad_request", status=400)
+                raise DownloadError(f"config {key!r} must be true or false", reason="bad_request", status=400)
         elif value is not None and not isinstance(value, str):
             raise DownloadError(f"config {key!r} must be a string", reason="bad_request", status=400)
     style = config.get("addressing_style")

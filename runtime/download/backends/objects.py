@@ -1,6 +1,10 @@
 """Object stores through obstore: S3 (`s3://`), Volcengine TOS (`tos://`) and Huawei OBS (`obs://`) over the S3
 protocol with per-provider endpoints, plus Google Cloud Storage (`gs://`) and Azure Blob (`az://`).
 
+gs:// and az:// take the service's base URL from `endpoint` (plain http:// allowed: emulators), Azure's account
+name from `account_name` (or the endpoint) and its key from `access_key`; `skip_signature` sends unsigned requests
+(public buckets, emulators). Other credentials come from the providers' environment variables, read by obstore.
+
 A prefix names a "directory" (every object under `prefix/`); when nothing is under it, it is tried as one object.
 S3 single-part ETags are MD5s and are checked after the download; multipart ETags (`md5-N`) cannot be, so those
 files are checked by size.
@@ -9,6 +13,7 @@ files are checked by size.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,10 +44,18 @@ def provider_endpoint(scheme: str, settings: SourceSettings, region: str) -> str
 def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
     from obstore.store import AzureStore, GCSStore, S3Store
 
-    if spec.scheme == "gs":
-        return GCSStore(spec.location)
-    if spec.scheme == "az":
-        return AzureStore(spec.location)
+    if spec.scheme in ("gs", "az"):
+        cloud = cloud_store_options(spec.scheme, settings)
+        try:
+            return GCSStore(spec.location, **cloud) if spec.scheme == "gs" else AzureStore(spec.location, **cloud)
+        except Exception as exc:  # obstore checks the settings here (missing account, undecodable key, ...)
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if "Account must be specified" in first:
+                first = (
+                    "no storage account name: set config account_name or AZURE_STORAGE_ACCOUNT_NAME, or an endpoint "
+                    "that names it (https://ACCOUNT.blob.core.windows.net, http://host:port/ACCOUNT)"
+                )
+            raise DownloadError(f"{spec.describe()}: {first}", reason="bad_request", status=400) from None
     region = settings.region or DEFAULT_REGIONS[spec.scheme]
     endpoint = provider_endpoint(spec.scheme, settings, region)
     options: dict[str, Any] = {"region": region}
@@ -64,6 +77,45 @@ def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
             status=400,
         )
     return S3Store(spec.location, **options)
+
+
+def azure_account(settings: SourceSettings) -> str | None:
+    """`account_name`, else the account in the endpoint: https://ACCOUNT.blob.core.windows.net or, path-style
+    (Azurite and other emulators), http://127.0.0.1:10000/ACCOUNT."""
+    if settings.account_name:
+        return settings.account_name
+    if not settings.endpoint:
+        return None
+    parts = urllib.parse.urlsplit(settings.endpoint if "://" in settings.endpoint else "https://" + settings.endpoint)
+    host = parts.hostname or ""
+    if ".blob." in host:
+        return host.split(".", 1)[0]
+    segment = parts.path.strip("/").split("/", 1)[0]
+    return segment or None
+
+
+def cloud_store_options(scheme: str, settings: SourceSettings) -> dict[str, Any]:
+    """GCSStore / AzureStore keyword arguments from the settings (obstore adds what it finds in the environment)."""
+    options: dict[str, Any] = {}
+    endpoint = settings.endpoint
+    if endpoint:
+        endpoint = (endpoint if "://" in endpoint else "https://" + endpoint).rstrip("/")
+        if endpoint.startswith("http://"):
+            options["client_options"] = {"allow_http": True}
+    if settings.skip_signature:
+        options["skip_signature"] = True
+    if scheme == "gs":
+        if endpoint:
+            options["base_url"] = endpoint
+        return options
+    account = azure_account(settings)
+    if account:
+        options["account_name"] = account
+    if endpoint:
+        options["endpoint"] = endpoint
+    if settings.access_key:
+        options["account_key"] = settings.access_key
+    return options
 
 
 class ObjectStoreBackend:
@@ -136,7 +188,9 @@ def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
     from obstore import exceptions
 
     message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    if isinstance(exc, exceptions.NotFoundError | FileNotFoundError) or "NoSuchBucket" in message:
+    if isinstance(exc, exceptions.NotFoundError | FileNotFoundError) or any(
+        marker in message for marker in ("NoSuchBucket", "ContainerNotFound", "404 Not Found")
+    ):
         detail = "no object under that prefix and no object of that name" if listing else "object not found"
         return DownloadError(f"{what}: not found ({detail})", reason="not_found", status=404)
     if isinstance(exc, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
