@@ -1,0 +1,364 @@
+"""Build `dist/airuntime`: one onefile executable made by Nuitka from the project's venv.
+
+Run by `make binary` with the venv's Python (`.venv/bin/python build/build_binary.py`). From a clean clone it needs
+only the package registries: it installs the pinned Nuitka (and zstandard, for the compressed payload) into the venv
+when missing, and Debian's `patchelf` and `ccache` when missing and running as root.
+
+What it does, in order:
+1. writes `runtime/_build_stamp.py` (git commit, UTC build date) so `airuntime --version` tells which build it is;
+   the file is removed again afterwards (it is in .gitignore; a source checkout reads git instead);
+2. runs Nuitka in onefile mode with static libpython when the interpreter ships one, `no_site` and `safe_path`,
+   the test packages and unused parts of the dependencies left out, and the payload unpacked to a versioned cache
+   folder `{CACHE_DIR}/airuntime/<version>-<commit>` so only the first start writes it;
+3. keeps Nuitka's compilation report and a payload summary in `build/out/`, records the wall time in
+   `build/out/build-time.txt` and prints it.
+
+ccache (Debian's) keeps its objects in ~/.cache/ccache, so a rebuild reuses the compiled C of unchanged modules.
+
+Options: --jobs N, --no-ccache, --keep-stamp (leave runtime/_build_stamp.py), --lto (off by default: no gain here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "build" / "out"
+DIST = REPO / "dist"
+STAMP_FILE = REPO / "runtime" / "_build_stamp.py"
+
+# Pinned: Nuitka's per-package configuration (what it includes for aiohttp, uvloop, ...) depends on its version.
+NUITKA_VERSION = "4.3.3"
+ZSTANDARD_VERSION = "0.25.0"
+
+# Left out of the payload: test suites of the dependencies, things airuntime never imports at run time, and
+# packages the sidecar will not use even when installed beside it (hf_xet: huggingface_hub falls back to HTTP).
+NOFOLLOW = [
+    "*.tests",
+    "*.test",
+    "*.testing",
+    "*.conftest",
+    "test",
+    "unittest",
+    "doctest",
+    "pydoc",
+    "pydoc_data",
+    "tkinter",
+    "turtle",
+    "idlelib",
+    "lib2to3",
+    "distutils",
+    "setuptools",
+    "pkg_resources",
+    "pip",
+    "ensurepip",
+    "venv",
+    "IPython",
+    "pytest",
+    "_pytest",
+    "hf_xet",
+    "numpy",
+    "mypy",
+    "ruff",
+    # prometheus_client: exporters airuntime does not use (it serves /metrics itself through aiohttp)
+    "prometheus_client.twisted",
+    "prometheus_client.bridge",
+    "prometheus_client.openmetrics.parser",
+    "twisted",
+    # aiohttp's optional accelerators and the pytest plugin
+    "aiohttp.pytest_plugin",
+    "aiohttp.worker",
+    "gunicorn",
+    "brotli",
+    "brotlicffi",
+    "aiodns",
+    # stdlib parts only reachable through code airuntime never runs (from the compilation report):
+    # statistics/fractions <- random's self-test; pyexpat <- xmlrpc; bz2/lzma <- shutil/tarfile/zipfile (optional
+    # there). Kept although they look unused: decimal (filelock imports it at top level), ctypes (huggingface_hub's
+    # utils._terminal does).
+    "statistics",
+    "fractions",
+    "xmlrpc",
+    "xml",
+    "pyexpat",
+    "bz2",
+    "lzma",
+    "_bz2",
+    "_lzma",
+    # CJK codecs (C extensions; Nuitka ships every encodings.* module as bytecode regardless, ~0.5 MB)
+    "_codecs_cn",
+    "_codecs_hk",
+    "_codecs_iso2022",
+    "_codecs_jp",
+    "_codecs_kr",
+    "_codecs_tw",
+    "_multibytecodec",
+    # optional accelerators of code paths airuntime does not use: PyYAML's libyaml binding (rules files are
+    # tiny; yaml.safe_load is pure Python anyway) and aiohttp's websocket reader (no websockets here)
+    "yaml._yaml",
+    "_yaml",
+    "aiohttp._websocket.reader_c",
+    # huggingface_hub: the sidecar uses HfApi's listing and its errors; not the CLI, inference clients (~100
+    # generated modules), serialization, framework mixins, webhooks/OAuth servers, nor HfFileSystem (fsspec)
+    "huggingface_hub.cli",
+    "huggingface_hub.commands",
+    "huggingface_hub.inference",
+    "huggingface_hub.serialization",
+    "huggingface_hub.hf_file_system",
+    "huggingface_hub.keras_mixin",
+    "huggingface_hub.fastai_utils",
+    "huggingface_hub.hub_mixin",
+    "huggingface_hub._tensorboard_logger",
+    "huggingface_hub._webhooks_server",
+    "huggingface_hub._webhooks_payload",
+    "huggingface_hub._oauth",
+    "huggingface_hub._hot_reload",
+    "huggingface_hub._sandbox",
+    "huggingface_hub._sandbox_cache",
+    "fsspec",
+    # httpx2's command line (pulls pygments, ~320 modules, and rich). Not tqdm's submodules: tqdm/__init__ imports
+    # tqdm.gui, and the e2e LoRA test caught `No module named 'tqdm.gui'` when it was left out.
+    "httpx2._main",
+    "pygments",
+    "rich",
+    "ipywidgets",
+]
+
+
+def log(message: str) -> None:
+    print(f"build_binary: {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def ensure_debian_tools(use_ccache: bool) -> None:
+    wanted = ["patchelf"] + (["ccache"] if use_ccache else [])
+    missing = [tool for tool in wanted if shutil.which(tool) is None]
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        missing.append("gcc")
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log(f"missing {', '.join(missing)}: install them (Debian: apt-get install {' '.join(missing)})")
+        if "patchelf" in missing or "gcc" in missing:
+            sys.exit(1)
+        return
+    log(f"apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL)
+
+
+def ensure_nuitka() -> None:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    if version("nuitka") == NUITKA_VERSION and version("zstandard") == ZSTANDARD_VERSION:
+        return
+    log(f"installing nuitka=={NUITKA_VERSION} zstandard=={ZSTANDARD_VERSION} into {sys.prefix}")
+    run([sys.executable, "-m", "pip", "install", "-q", f"nuitka=={NUITKA_VERSION}", f"zstandard=={ZSTANDARD_VERSION}"])
+
+
+def git_commit() -> str:
+    """The checkout's commit; AIRUNTIME_COMMIT wins (a container build has no .git)."""
+    if os.environ.get("AIRUNTIME_COMMIT"):
+        return os.environ["AIRUNTIME_COMMIT"]
+    try:
+        commit = run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit or "unknown"
+
+
+def tree_is_dirty() -> bool:
+    """Uncommitted changes (or new files) in what goes into the binary."""
+    if os.environ.get("AIRUNTIME_COMMIT"):
+        return False
+    try:
+        status = run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runtime", "pyproject.toml", "build"],
+            capture_output=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return bool(status.strip())
+
+
+def project_version() -> str:
+    namespace: dict[str, str] = {}
+    exec((REPO / "runtime" / "__init__.py").read_text(encoding="utf-8"), namespace)
+    return namespace["__version__"]
+
+
+def static_libpython() -> str:
+    """'yes' when this interpreter ships a static libpython (pyenv, python.org builds, Debian's -dev), else 'no'."""
+    libpl = sysconfig.get_config_var("LIBPL") or ""
+    names = [sysconfig.get_config_var("LIBRARY") or "", f"libpython{sysconfig.get_python_version()}-pic.a"]
+    for name in names:
+        if name.endswith(".a") and (Path(libpl) / name).is_file():
+            return "yes"
+    return "no"
+
+
+def nuitka_command(onefile_dir: str, jobs: int, lto: bool) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "nuitka",
+        "--mode=onefile",
+        f"--output-dir={OUT / 'nuitka'}",
+        "--output-filename=airuntime",
+        "--python-flag=no_site",
+        "--python-flag=safe_path",
+        f"--static-libpython={static_libpython()}",
+        f"--lto={'yes' if lto else 'no'}",
+        f"--jobs={jobs}",
+        "--assume-yes-for-downloads",
+        "--include-package=runtime",
+        "--include-package-data=runtime.metrics",
+        "--noinclude-setuptools-mode=nofollow",
+        "--noinclude-pytest-mode=nofollow",
+        "--noinclude-unittest-mode=nofollow",
+        "--noinclude-pydoc-mode=nofollow",
+        "--noinclude-IPython-mode=nofollow",
+        "--noinclude-default-mode=nofollow",
+        f"--onefile-tempdir-spec={{CACHE_DIR}}/airuntime/{onefile_dir}",
+        "--onefile-cache-mode=cached",
+        f"--report={OUT / 'compilation-report.xml'}",
+        "--report-diffable",
+        f"--user-plugin={REPO / 'build' / 'nuitka_strip_plugin.py'}",
+        "--deployment",
+        "--quiet",
+        "--show-scons" if os.environ.get("AIRUNTIME_BUILD_VERBOSE") else "--no-progressbar",
+    ]
+    if os.environ.get("AIRUNTIME_BUILD_VERBOSE"):
+        cmd.remove("--quiet")
+    cmd += [f"--nofollow-import-to={name}" for name in NOFOLLOW]
+    cmd.append(str(REPO / "build" / "entry.py"))
+    return cmd
+
+
+def summarize_report(report: Path, dist_dir: Path, target: Path) -> str:
+    """Module count by top-level package and the largest files of the unpacked payload, from the report."""
+    lines: list[str] = []
+    try:
+        root = ET.parse(report).getroot()
+    except (OSError, ET.ParseError) as exc:
+        return f"(no report: {exc})"
+    counts: dict[str, int] = {}
+    for module in root.iter("module"):
+        name = module.get("name", "")
+        top = name.split(".")[0]
+        counts[top] = counts.get(top, 0) + 1
+    lines.append(f"modules compiled: {sum(counts.values())}")
+    for top, count in sorted(counts.items(), key=lambda kv: -kv[1])[:25]:
+        lines.append(f"  {count:5d}  {top}")
+    if dist_dir.is_dir():
+        files = [(p.stat().st_size, p.relative_to(dist_dir)) for p in dist_dir.rglob("*") if p.is_file()]
+        total = sum(size for size, _ in files)
+        lines.append(f"unpacked payload: {len(files)} files, {total / 1e6:.1f} MB; largest:")
+        for size, rel in sorted(files, reverse=True)[:15]:
+            lines.append(f"  {size / 1e6:7.2f} MB  {rel}")
+    lines.append(f"onefile: {target.stat().st_size / 1e6:.1f} MB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--no-ccache", action="store_true")
+    parser.add_argument("--keep-stamp", action="store_true")
+    parser.add_argument("--lto", action="store_true")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    OUT.mkdir(parents=True, exist_ok=True)
+    DIST.mkdir(exist_ok=True)
+    ensure_debian_tools(not args.no_ccache)
+    ensure_nuitka()
+
+    # Imported after ensure_nuitka: the fallback patch of the onefile launcher lives beside this file.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import onefile_patch
+
+    onefile_patch.apply()
+
+    version, commit = project_version(), git_commit()
+    now = dt.datetime.now(dt.UTC)
+    built = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The payload folder: one per release build of a commit; a build of uncommitted changes gets its own, so it
+    # never reuses (or is taken for) a payload unpacked by another build of the same commit.
+    onefile_dir = f"{version}-{commit}"
+    if tree_is_dirty():
+        commit = f"{commit}-dirty"
+        onefile_dir = f"{version}-{commit}-{now:%Y%m%dT%H%M%SZ}"
+    STAMP_FILE.write_text(
+        f'"""Written by build/build_binary.py; not in git."""\n\nCOMMIT = "{commit}"\nBUILD_DATE = "{built}"\n',
+        encoding="utf-8",
+    )
+
+    env = dict(os.environ)
+    env.setdefault("CCACHE_DIR", str(Path.home() / ".cache" / "ccache"))
+    env.setdefault("NUITKA_CACHE_DIR", str(Path.home() / ".cache" / "Nuitka"))
+    if args.no_ccache:
+        env["NUITKA_CCACHE_BINARY"] = "NONE"
+    elif shutil.which("ccache"):
+        env["NUITKA_CCACHE_BINARY"] = shutil.which("ccache") or "ccache"
+        subprocess.run(["ccache", "--zero-stats"], env=env, stdout=subprocess.DEVNULL, check=False)
+    env["PYTHONPATH"] = str(REPO)  # `runtime` from this checkout, installed in the venv or not
+
+    cmd = nuitka_command(onefile_dir, args.jobs, args.lto)
+    (OUT / "nuitka-command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
+    log(
+        f"airuntime {version} commit {commit}, payload folder {{CACHE_DIR}}/airuntime/{onefile_dir}: "
+        f"nuitka {NUITKA_VERSION}, {args.jobs} jobs, "
+        f"static libpython {static_libpython()}, ccache {'off' if args.no_ccache else env['CCACHE_DIR']}"
+    )
+    try:
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+    except subprocess.CalledProcessError as exc:
+        log(f"nuitka failed with exit code {exc.returncode}; command in {OUT / 'nuitka-command.txt'}")
+        sys.exit(exc.returncode or 1)
+    finally:
+        if not args.keep_stamp:
+            STAMP_FILE.unlink(missing_ok=True)
+
+    built_file = OUT / "nuitka" / "airuntime"
+    target = DIST / "airuntime"
+    tmp = target.with_suffix(".tmp")
+    shutil.copy2(built_file, tmp)
+    os.replace(tmp, target)
+
+    elapsed = time.monotonic() - started
+    summary = summarize_report(OUT / "compilation-report.xml", OUT / "nuitka" / "entry.dist", target)
+    (OUT / "payload-summary.txt").write_text(summary + "\n", encoding="utf-8")
+    ccache_stats = ""
+    if not args.no_ccache and shutil.which("ccache"):
+        stats = subprocess.run(["ccache", "--show-stats"], env=env, capture_output=True, text=True, check=False)
+        ccache_stats = " ".join(line.strip() for line in stats.stdout.splitlines() if "Hits:" in line)[:200]
+    record = (
+        f"{elapsed:.0f} s wall, {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}, jobs={args.jobs}, "
+        f"nuitka={NUITKA_VERSION}, commit={commit}, size={target.stat().st_size} bytes; ccache: {ccache_stats}\n"
+    )
+    (OUT / "build-time.txt").write_text(record, encoding="utf-8")
+    print(summary)
+    log(f"dist/airuntime built in {elapsed:.0f} s ({target.stat().st_size / 1e6:.1f} MB); see build/out/")
+
+
+if __name__ == "__main__":
+    main()
