@@ -281,7 +281,7 @@ def serve(
 @click.option(
     "--max-workers",
     type=click.IntRange(1, 256),
-    default=8,
+    default=16,
     show_default=True,
     envvar="DOWNLOADER_NUM_THREADS",
     help="Parallel transfers (env DOWNLOADER_NUM_THREADS).",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from runtime.download.backends.base import Backend, DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import Backend, Chunk, DownloadError, RemoteFile, RetryableError
 from runtime.download.layout import final_path, partial_path, write_atomically
 from runtime.download.lock import DirectoryLock
 from runtime.download.manifest import Manifest
@@ -33,6 +33,7 @@ log = logging.getLogger("airuntime.download")
 
 MIB = 1024 * 1024
 WRITE_CHUNK = 1 * MIB
+IOV_MAX = 1024
 HASH_CHUNK = 8 * MIB
 MANIFEST_SAVE_INTERVAL = 1.0
 
@@ -256,19 +257,19 @@ class _Transfer:
         failures = 0
         async with self._slots:
             while offset < end:
-                buffer = bytearray()
+                pending = _Pending()
                 try:
                     async for chunk in self._backend.read_range(remote, offset, end):
-                        buffer += chunk
-                        if len(buffer) >= WRITE_CHUNK:
-                            offset = await self._write(fd, buffer, offset, end, remote)
-                    if buffer:
-                        offset = await self._write(fd, buffer, offset, end, remote)
+                        pending.add(chunk)
+                        if pending.size >= WRITE_CHUNK:
+                            offset = await self._write(fd, pending, offset, end, remote)
+                    if pending.size:
+                        offset = await self._write(fd, pending, offset, end, remote)
                     if offset != end:
                         raise RetryableError(f"the source sent {offset - start} of {end - start} bytes")
                 except RetryableError as exc:
-                    if buffer:
-                        offset = await self._write(fd, buffer, offset, end, remote)
+                    if pending.size:
+                        offset = await self._write(fd, pending, offset, end, remote)
                     failures += 1
                     if failures > self._settings.retries:
                         raise DownloadError(
@@ -283,14 +284,42 @@ class _Transfer:
         if state is not None:
             state.mark_done(index)
 
-    async def _write(self, fd: int, buffer: bytearray, offset: int, end: int, remote: RemoteFile) -> int:
-        if offset + len(buffer) > end:
+    async def _write(self, fd: int, pending: _Pending, offset: int, end: int, remote: RemoteFile) -> int:
+        size = pending.size
+        if offset + size > end:
             raise DownloadError(f"{remote.path}: the source sent more bytes than asked for", reason="size")
-        await asyncio.to_thread(os.pwrite, fd, buffer, offset)
-        self._progress.add_bytes(len(buffer))
-        written = offset + len(buffer)
-        buffer.clear()
-        return written
+        await asyncio.to_thread(_pwrite_all, fd, pending.take(), offset)
+        self._progress.add_bytes(size)
+        return offset + size
+
+
+class _Pending:
+    """Received chunks not yet on disk, kept as they came (no copy) and written with one pwritev."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.size = 0
+
+    def add(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.size += memoryview(chunk).nbytes
+
+    def take(self) -> list[Chunk]:
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        return chunks
+
+
+def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> None:
+    """Write every chunk at `offset`, looping over short writes."""
+    views = [memoryview(chunk).cast("B") for chunk in chunks]
+    while views:
+        written = os.pwritev(fd, views[:IOV_MAX], offset)
+        offset += written
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 class _ChecksumMismatch(Exception):

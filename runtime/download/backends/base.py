@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from obstore import Bytes
+
+# What a backend yields: any object with the buffer protocol, written to disk as it is (obstore's Bytes included).
+Chunk: TypeAlias = "bytes | bytearray | memoryview | Bytes"
 
 
 class DownloadError(Exception):
@@ -42,8 +48,8 @@ class Backend(Protocol):
         """Every file of the model, or DownloadError (never an empty list: that is an error too)."""
         ...
 
-    def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of `file`, in chunks. Raises RetryableError for transient failures."""
+    def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[Chunk]:
+        """Bytes [start, end) of `file`, in chunks (any buffer). Raises RetryableError for transient failures."""
         ...
 
     async def close(self) -> None: ...

@@ -17,12 +17,13 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import Chunk, DownloadError, RemoteFile, RetryableError
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
+STREAM_CHUNK = 256 * 1024
 DEFAULT_REGIONS = {"s3": "us-east-1", "tos": "cn-beijing", "obs": "cn-north-4"}
 
 
@@ -163,7 +164,7 @@ class ObjectStoreBackend:
             md5=md5_match.group(1).lower() if md5_match else None,
         )
 
-    async def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[Chunk]:
         import obstore
 
         key = self._keys[file.path]
@@ -173,8 +174,8 @@ class ObjectStoreBackend:
                 key,
                 options={"range": (start, end), "if_match": file.etag} if file.etag else {"range": (start, end)},
             )
-            async for chunk in result.stream(min_chunk_size=1024 * 1024):
-                yield bytes(chunk)
+            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                yield chunk  # obstore's buffer, written as it is (no copy)
         except DownloadError:
             raise
         except Exception as exc:
