@@ -69,10 +69,13 @@ def run_cli_download(
         result = _run(_download_with_progress(prepared, quiet))
     except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
+    waited = (
+        f"; waited {result.waited_for_lock:.0f}s for another download into it" if result.waited_for_lock >= 1 else ""
+    )
     click.echo(
         f"airuntime: {prepared.describe()} -> {root}: {len(result.files)} file(s) complete "
         f"({result.downloaded} downloaded, {result.skipped} already there), "
-        f"{human_bytes(result.bytes_fetched)} in {result.seconds:.1f}s",
+        f"{human_bytes(result.bytes_fetched)} in {result.seconds:.1f}s{waited}",
         err=True,
     )
 

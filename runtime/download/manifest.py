@@ -7,7 +7,6 @@ is checked again against its checksum, or fetched again when the source gives no
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,15 +78,3 @@ class Manifest:
             "files": {name: asdict(entry) for name, entry in sorted(self.entries.items())},
         }
         write_atomically(directory / MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
-
-
-def local_files(root: Path) -> list[str]:
-    """Finished files under `root` (relative paths), without airuntime's metadata and partial downloads."""
-    found: list[str] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [d for d in subdirs if d != ".airuntime"]
-        for name in files:
-            if name.endswith(".airuntime-partial") or name.endswith(".airuntime-partial.json"):
-                continue
-            found.append(os.path.relpath(os.path.join(directory, name), root))
-    return sorted(found)
