@@ -321,3 +321,27 @@ def test_shared_cache_gives_the_same_output_as_a_cold_rewrite() -> None:
         assert warm.take_bytes() == cold_out
         assert (warm.invalid_lines, warm.sample_lines) == (cold.invalid_lines, cold.sample_lines)
     assert cache.samples  # the cache was used
+
+
+def test_real_openmetrics_output_of_prometheus_client_becomes_valid_text_format() -> None:
+    """prometheus_client's own OpenMetrics renderer (what an engine sends to an OpenMetrics Accept header): it writes
+    `vllm:` names on HELP/TYPE but `vllm_` on sample lines (client_python #1177); both spellings are recognised."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    registry = CollectorRegistry()
+    Counter("vllm:prompt_tokens", "Prompt tokens.", ["model_name"], registry=registry).labels("m").inc(7)
+    Gauge("vllm:num_requests_waiting", "Waiting.", ["model_name"], registry=registry).labels("m").set(2)
+    ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT.", ["model_name"], buckets=(0.1, 1.0), registry=registry)
+    ttft.labels("m").observe(0.5)
+    payload = openmetrics(registry)
+    assert payload.endswith(b"# EOF\n")
+    out, rewriter = rewrite_bytes(payload, VLLM)
+    assert rewriter.invalid_lines == 0
+    assert b"# EOF" not in out and b"_created" not in out
+    families = families_of(out)
+    assert families.get("airuntime:num_requests_waiting") == "gauge"
+    assert families.get("airuntime:time_to_first_token_seconds") == "histogram"
+    assert b'airuntime:time_to_first_token_seconds_bucket{le="1.0",model_name="m"} 1.0\n' in out
+    assert b'airuntime:prompt_tokens_total{model_name="m"} 7.0\n' in out
+    assert_valid_exposition(out)
