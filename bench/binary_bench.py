@@ -23,9 +23,7 @@ import argparse
 import contextlib
 import gzip
 import io
-import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -43,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import host_info, print_header, process_tree, write_json  # noqa: E402
 from tests.support.fake_engine import FakeEngineProcess  # noqa: E402
 from tests.support.sidecar import free_port  # noqa: E402
 
@@ -73,19 +72,6 @@ class Result:
     load_peak_rss_mb: float | None = None
     load_requests_per_s: float | None = None
     error: str | None = None
-
-
-def process_tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            children = []
-        todo.extend(int(c) for c in children)
-    return pids
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -363,7 +349,7 @@ def main() -> None:
     args = parser.parse_args()
 
     report: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "machine": host_info(),
         "settings": {"runs": args.runs, "load_seconds": args.load_seconds, "clients": args.clients},
     }
     if args.bin.is_file():
@@ -383,8 +369,7 @@ def main() -> None:
         f"{'runtime':<19} {'first start':>11} {'later start':>11} {'idle RSS':>22} {'idle PSS':>9} "
         f"{'RSS under load':>15} {'req/s':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in results:
         if r.error:
             print(f"{r.name:<19} error: {r.error}")
@@ -404,8 +389,7 @@ def main() -> None:
             f"{estimate['rootfs_tar_gz_mb']} MB as tar.gz; without the binary {estimate['base_without_binary_mb']} "
             f"MB / {estimate['base_without_binary_tar_gz_mb']} MB"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, report)
     print(f"wrote {args.json}")
 
 

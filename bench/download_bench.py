@@ -39,12 +39,9 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import random
-import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +58,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import (  # noqa: E402
+    PAGE_SIZE,
+    RssSampler,
+    children_cpu_seconds,
+    cpu_seconds,
+    host_busy_pct,
+    host_info,
+    kill_group,
+    print_header,
+    process_tree,
+    rss_bytes,
+    start_group,
+    stop_group,
+    terminate_as_interrupt,
+    wait_for_quiet_host,
+    write_json,
+)
 from tests.peers import seaweedfs  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -68,8 +82,6 @@ RESULTS = REPO_ROOT / "bench" / "results" / "download_bench.json"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 GIB = 1024**3
 MIB = 1024**2
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 BUCKET = "models"
 S3_PREFIX = "bench/model"
 HF_REPO = "bench/model"
@@ -98,82 +110,11 @@ def loadavg() -> list[float]:
 # -- /proc accounting -------------------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from `state` (field 3) on; comm may hold spaces
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from the ppid fields in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
-    return total
-
-
 def tree_cpu_seconds(root: int | None) -> float:
     """utime+stime of a live process tree (what exited children used is in their parent's cutime/cstime)."""
     if root is None:
         return 0.0
-    total = 0.0
-    for pid in process_tree(root):
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += sum(int(value) for value in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
-    return total
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class RssSampler:
-    """Peak RSS of a process tree (sum over its processes), sampled on a background thread."""
-
-    def __init__(self, root: int, interval: float = 0.05) -> None:
-        self.root = root
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        pids = process_tree(self.root)
-        refreshed = time.monotonic()
-        while not self._stop.is_set():
-            if time.monotonic() - refreshed > 0.5:
-                pids, refreshed = process_tree(self.root), time.monotonic()
-            self.peak = max(self.peak, rss_bytes(pids))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    return sum(cpu_seconds(pid, waited_children=True) or 0.0 for pid in process_tree(root))
 
 
 def drop_caches() -> bool:
@@ -190,32 +131,6 @@ def timed_sync() -> float:
     started = time.perf_counter()
     os.sync()
     return time.perf_counter() - started
-
-
-def host_busy_seconds() -> float:
-    """CPU-seconds the whole host spent busy (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLK_TCK
-
-
-def host_busy_pct(window: float = 2.0) -> float:
-    """How busy the host is over `window` seconds, in percent of all cores (the servers idle in between runs)."""
-    before, started = host_busy_seconds(), time.perf_counter()
-    time.sleep(window)
-    return 100 * (host_busy_seconds() - before) / (time.perf_counter() - started) / (os.cpu_count() or 1)
-
-
-def wait_for_quiet_host(threshold_pct: float, max_wait: float) -> float:
-    """Wait (at most `max_wait` s) until the host is under `threshold_pct` busy over 2 s; returns the last reading.
-
-    (Not the load average: the previous run's own processes keep the 1-minute average up for a minute.)"""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = host_busy_pct()
-        if busy < threshold_pct or time.monotonic() >= deadline:
-            return busy
-        log(f"host {busy:.0f}% busy (other processes); waiting for < {threshold_pct:.0f}%")
 
 
 # -- the synthetic model ------------------------------------------------------------------------------------------
@@ -448,16 +363,8 @@ class HubProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        if proc is not None:
+            stop_group(proc)
 
 
 # -- contenders ----------------------------------------------------------------------------------------------------
@@ -691,7 +598,7 @@ def run_one(
     shutil.rmtree(hf_home, ignore_errors=True)  # no cache carried over between huggingface_hub runs
     dest.mkdir(parents=True)
     dropped = drop_caches() if args.drop_caches else (os.sync() or False)
-    busy = wait_for_quiet_host(args.idle_threshold, args.wait_idle) if args.wait_idle > 0 else host_busy_pct(1.0)
+    busy = wait_for_quiet_host(args.idle_threshold, args.wait_idle, log) if args.wait_idle > 0 else host_busy_pct(1.0)
     load_before = loadavg()
     log_path = ctx.work / f"log-{contender.name}-{repeat}.txt"
     argv = contender.argv(dest)
@@ -701,26 +608,16 @@ def run_one(
     error = ""
     with log_path.open("wb") as output:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            argv,
-            env={**env, **contender.env},
-            cwd=ctx.work,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        with RssSampler(proc.pid) as sampler:
+        proc = start_group(argv, output, env={**env, **contender.env}, cwd=ctx.work)
+        with RssSampler(proc.pid, interval=0.05, refresh=0.5) as sampler:
             try:
                 exit_code = proc.wait(timeout=args.run_timeout)
             except subprocess.TimeoutExpired:
                 error = f"timed out after {args.run_timeout}s"
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid)
                 proc.wait(timeout=10)
         wall = time.perf_counter() - started
-    with contextlib.suppress(ProcessLookupError):  # leftovers of the group
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_group(proc.pid)  # leftovers of the group
     sync_s = timed_sync()
     cpu = children_cpu_seconds() - cpu_before
     server_cpu = tree_cpu_seconds(server_pid) - server_before
@@ -796,8 +693,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{'cpu s':>6} {'srv cpu':>7} {'RSS MiB':>8} {'busy%':>5} {'load1':>5} {'verified':>8}  tool"
     )
     print()
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for row in report["summary"]:
         if "missing" in row:
             print(f"{row['contender']:<18} {row['source']:<3} not installed: {row['missing']}")
@@ -896,20 +792,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so every `finally` (stopping servers, removing temp dirs) runs."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -925,13 +807,9 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "command": shlex.join([sys.executable, *sys.argv]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": {
-                "cpus": os.cpu_count(),
-                "mem_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / GIB, 1),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-                "loadavg_at_start": loadavg(),
-            },
+            "host": host_info(
+                mem_gib=round(os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE / GIB, 1), loadavg_at_start=loadavg()
+            ),
             "repeat": args.repeat,
             "verify": args.verify,
             "s3_etag": args.s3_etag,
@@ -1069,8 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         report["meta"]["loadavg_at_end"] = loadavg()
         report["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
         report["meta"]["interrupted"] = interrupted
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.output, report)
         if args.keep_logs:
             print(f"tool logs kept in {work}", file=sys.stderr)
         elif args.work_dir is None:

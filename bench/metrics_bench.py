@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http.client
 import json
 import os
-import platform
 import re
-import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +44,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import (  # noqa: E402
+    RssSampler,
+    children_cpu_seconds,
+    cpu_seconds,
+    host_busy_seconds,
+    host_info,
+    print_header,
+    process_tree,
+    rss_bytes,
+    start_group,
+    stop_group,
+    terminate_as_interrupt,
+    wait_for_quiet_host,
+    write_json,
+)
 from tests.support.fake_engine import VLLM_FIXTURE, FakeEngineProcess, vllm_payload  # noqa: E402
 from tests.support.sidecar import free_port, sidecar_command  # noqa: E402
 
 HOST = "127.0.0.1"
 RESULTS = REPO_ROOT / "bench" / "results" / "metrics_bench.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 AIBRIX_DEFAULT_CMD = (
     "env INFERENCE_ENGINE={engine} INFERENCE_ENGINE_ENDPOINT={engine_url} PROMETHEUS_MULTIPROC_DIR={tmpdir} "
@@ -94,66 +101,9 @@ TYPE_RE = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) ", re.MULTILINE)
 # -- /proc accounting -------------------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from `state` (field 3) on; comm may hold spaces
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from the ppid fields in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
-    return total
-
-
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """utime+stime of each live pid."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
-
-
-def host_busy_seconds() -> float:
-    """CPU-seconds the whole host spent busy (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLK_TCK
-
-
-def wait_for_quiet_host(max_wait: float, threshold_pct: float, log: Any) -> float:
-    """Wait (at most `max_wait` s) until the host's CPU use over 2 s is under `threshold_pct`; returns that use."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before, t0 = host_busy_seconds(), time.perf_counter()
-        time.sleep(2.0)
-        busy = 100 * (host_busy_seconds() - before) / (time.perf_counter() - t0)
-        if busy < threshold_pct or time.monotonic() >= deadline:
-            return busy
-        log(f"host busy {busy:.0f}% (other processes); waiting for < {threshold_pct:.0f}%")
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """utime+stime of each live pid of the tree."""
+    return {pid: seconds for pid in process_tree(root) if (seconds := cpu_seconds(pid)) is not None}
 
 
 class CpuWindow:
@@ -169,7 +119,7 @@ class CpuWindow:
         self.wall = 0.0
 
     def _sample(self) -> dict[str, dict[int, float]]:
-        return {name: cpu_seconds(process_tree(pid)) if pid else {} for name, pid in self.roots.items()}
+        return {name: tree_cpu_seconds(pid) if pid else {} for name, pid in self.roots.items()}
 
     def start(self) -> None:
         self._before = self._sample()
@@ -183,34 +133,6 @@ class CpuWindow:
         for name, now in after.items():
             before = self._before.get(name, {})
             self.seconds[name] = sum(value - before.get(pid, 0.0) for pid, value in now.items())
-
-
-class RssSampler:
-    """Peak RSS of a process tree, sampled on a background thread."""
-
-    def __init__(self, root: int, interval: float = 0.1) -> None:
-        self.root = root
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        pids = process_tree(self.root)
-        refreshed = time.monotonic()
-        while not self._stop.is_set():
-            if time.monotonic() - refreshed > 1.0:
-                pids, refreshed = process_tree(self.root), time.monotonic()
-            self.peak = max(self.peak, rss_bytes(pids))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 # -- processes --------------------------------------------------------------------------------------------------
@@ -230,15 +152,7 @@ class Service:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.proc = start_group(self.argv, log, env=self.env, cwd=self.cwd)
 
     @property
     def pid(self) -> int:
@@ -247,18 +161,8 @@ class Service:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError):  # leftovers of the group (workers) once the leader is gone
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_group(proc)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -421,11 +325,6 @@ def python_loadgen_main(url: str, concurrency: int, duration: float, gzip: bool)
     except ImportError:
         pass
     print(json.dumps(asyncio.run(main())))
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # -- targets ----------------------------------------------------------------------------------------------------
@@ -686,8 +585,7 @@ def print_tables(report: dict[str, Any]) -> None:
         )
         head = f"{'target':<10} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
         head += f"{'tgt cpu%':>8} {'eng cpu%':>8} {'lg cpu%':>7} {'other%':>6} {'tgt ms/req':>10} {'eng ms/req':>10}"
-        print(head)
-        print("-" * len(head))
+        print_header(head)
         for target in payload["targets"]:
             if not target["runs"]:
                 print(f"{target['name']:<10} {target['status']}")
@@ -706,8 +604,7 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{'RSS after':>9} {'out bytes':>9} {'families':>8} {'engine fam':>10} {'own fam':>7}  "
             "unified token counters"
         )
-        print(head)
-        print("-" * len(head))
+        print_header(head)
         for target in payload["targets"]:
             output = target["output"] or {}
             if output:
@@ -863,20 +760,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so every `finally` (stopping processes) runs."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     payloads = parse_payloads(args.payload)
@@ -892,12 +775,7 @@ def main(argv: list[str] | None = None) -> int:
             report["meta"] = {
                 "command": shlex.join([sys.executable, *sys.argv]),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_wall)),
-                "host": {
-                    "cpus": os.cpu_count(),
-                    "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-                    "kernel": platform.release(),
-                    "python": platform.python_version(),
-                },
+                "host": host_info(loadavg_at_start=Path("/proc/loadavg").read_text().split()[:3]),
                 "loadgen": loadgen.name,
                 "wrk_threads": args.wrk_threads if isinstance(loadgen, WrkLoad) else None,
                 "duration_s": args.duration,
@@ -924,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                     engine_pid = engine._proc.pid if engine._proc is not None else None
                     for spec in specs:
                         if args.wait_idle > 0 and not spec.missing:
-                            busy = wait_for_quiet_host(args.wait_idle, args.idle_threshold, bench.log)
+                            busy = wait_for_quiet_host(args.idle_threshold, args.wait_idle, bench.log, per_core=True)
                             bench.log(f"  host busy {busy:.0f}% before {spec.name}")
                         bench.log(f"  {spec.name} ...")
                         bench.measure_target(spec, payload, engine, engine_pid, entry["targets"])
@@ -934,8 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         report["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
         report["meta"]["interrupted"] = interrupted
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.output, report)
         if args.keep_logs:
             print(f"target logs: {workdir}", file=sys.stderr)
         else:

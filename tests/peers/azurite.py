@@ -31,21 +31,15 @@ ContainerNotFound (obstore raises a GenericError for the listing, not NotFoundEr
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
-import datetime as dt
 import email.utils
 import hashlib
 import hmac
-import http.client
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,14 +50,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    from tests.peers import processes
+except ImportError:  # run as a script: tests/peers is on sys.path
+    import processes  # type: ignore[no-redef]
+
+RawResponse = processes.RawResponse
+
 AZURITE_VERSION = "3.37.0"
 DEFAULT_ACCOUNT = "airuntime"
 DEFAULT_KEY = base64.b64encode(b"airuntime-azurite-test-key-0123456789").decode()
 API_VERSION = "2021-08-06"
 DEFAULT_START_TIMEOUT = 60.0
 EXTENT_MEMORY_LIMIT_MB = 256
-# Ports are picked below Linux's default ephemeral range (32768-60999) so client sockets do not collide.
-PORT_RANGE = (20000, 32000)
 
 
 # --------------------------------------------------------------------------------------------- install
@@ -150,13 +149,6 @@ def shared_key_authorization(
     return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 # --------------------------------------------------------------------------------------------- running
 
 
@@ -164,45 +156,8 @@ class AzuriteNotInstalledError(RuntimeError):
     pass
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(attempts: int = 200) -> int:
-    """A free port on 127.0.0.1 below the ephemeral range (bound and released, so racy: callers retry)."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randrange(*PORT_RANGE)
-        if _port_free(port):
-            return port
-    raise RuntimeError(f"no free port found in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
-class AzuritePeer:
+class AzuritePeer(processes.ServerProcess):
     """A running Azurite blob service with one account (`account_name`/`account_key`), plus seeding helpers."""
 
     account_name: str
@@ -225,39 +180,11 @@ class AzuritePeer:
             f"BlobEndpoint={self.endpoint};"
         )
 
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss_bytes(self) -> int | None:
-        if self.proc is None:
-            return None
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.M)
-        return int(match.group(1)) * 1024 if match else None
-
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL after `timeout` (Azurite exits on SIGTERM in well under a second)."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.proc = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, lines)
+        if self.proc is not None:
+            processes.stop_group(self.proc, timeout)
+            self.proc = None
 
     # ------------------------------------------------------------------------------------- raw requests
 
@@ -290,14 +217,8 @@ class AzuritePeer:
             sent["authorization"] = shared_key_authorization(
                 method, path, query, sent, self.account_name, account_key or self.account_key
             )
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path + (f"?{query}" if query else ""), body=body or None, headers=sent)
-            response = conn.getresponse()
-            data = response.read()
-            return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-        finally:
-            conn.close()
+        target = path + (f"?{query}" if query else "")
+        return processes.http_request(self.port, method, target, body=body, headers=sent, timeout=timeout)
 
     def create_container(self, name: str) -> None:
         """Create Container; an existing one (409 ContainerAlreadyExists) is fine."""
@@ -367,21 +288,14 @@ def azurite_command(node: str, main: Path, port: int) -> list[str]:
 
 def _wait_ready(peer: AzuritePeer, timeout: float) -> None:
     """Until a signed List Containers answers 200 (proves the port, the account and the key)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if not peer.is_running():
-            code = None if peer.proc is None else peer.proc.returncode
-            raise RuntimeError(f"azurite exited with {code} before it answered:\n{peer.log_tail()}")
-        try:
-            response = peer.request("GET", query="comp=list", timeout=2)
-            if response.status == 200:
-                return
-            last = f"{response.status} {response.body[:200]!r}"
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"azurite did not answer within {timeout:.0f}s (last: {last}):\n{peer.log_tail()}")
+    processes.wait_ok(
+        peer.proc,
+        lambda: peer.request("GET", query="comp=list", timeout=2),
+        name="azurite",
+        log=peer.log_path,
+        timeout=timeout,
+        interval=0.1,
+    )
 
 
 @contextlib.contextmanager
@@ -405,54 +319,29 @@ def running_azurite(
         )
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airuntime-azurite-")))
-        log_dir = os.environ.get("AIRUNTIME_AZURITE_LOG_DIR")
-        if log_dir:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-        log_path = Path(log_dir) / "azurite.log" if log_dir else root / "azurite.log"
+        log_path = processes.log_path("AIRUNTIME_AZURITE_LOG_DIR", "azurite.log", root)
         env = dict(os.environ, AZURITE_ACCOUNTS=f"{account_name}:{account_key}")
-        peer: AzuritePeer | None = None
         started = time.monotonic()
-        for attempt in range(3):  # the port is checked then released: another process may take it meanwhile
-            port = pick_port()
-            cmd = azurite_command(node, blob_main(), port)
+
+        def launch() -> AzuritePeer:
+            port = processes.pick_port_base()
             peer = AzuritePeer(account_name=account_name, account_key=account_key, port=port, log_path=log_path)
-            with log_path.open("ab") as log:
-                log.write(f"\n==== {dt.datetime.now(dt.UTC).isoformat()} {' '.join(cmd)}\n".encode())
-                log.flush()
-                peer.proc = subprocess.Popen(
-                    cmd,
-                    env=env,
-                    cwd=root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                _wait_ready(peer, start_timeout)
-                break
-            except RuntimeError:
-                peer.stop()
-                if attempt == 2 or "EADDRINUSE" not in _tail(log_path, 200):
-                    raise
-        assert peer is not None
-        try:
+            peer.proc = processes.start_in_group(azurite_command(node, blob_main(), port), log_path, env=env, cwd=root)
+            return peer
+
+        with processes.serving(launch, lambda peer: _wait_ready(peer, start_timeout), port_taken="EADDRINUSE") as peer:
             for name in containers:
                 peer.create_container(name)
             peer.started_seconds = time.monotonic() - started
             yield peer
-        except BaseException:
-            print(f"---- tail of {peer.log_path} ----\n{peer.log_tail()}", file=sys.stderr, flush=True)
-            raise
-        finally:
-            peer.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help=f"npm install azurite@{AZURITE_VERSION} into {install_dir()} (idempotent)")
-    sub.add_parser("status", help="exit 0 when the pinned Azurite is installed, 1 otherwise")
+    parser, sub = processes.cli(
+        __doc__,
+        install=f"npm install azurite@{AZURITE_VERSION} into {install_dir()} (idempotent)",
+        status="exit 0 when the pinned Azurite is installed, 1 otherwise",
+    )
     serve = sub.add_parser("serve", help="run Azurite's blob service in the foreground until interrupted")
     serve.add_argument("--container", action="append", default=None, help="container to create (repeatable)")
     args = parser.parse_args(argv)
@@ -469,9 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Ctrl-C stops",
                 flush=True,
             )
-            with contextlib.suppress(KeyboardInterrupt):
-                while peer.is_running():
-                    time.sleep(1.0)
+            peer.run_until_interrupted()
     return 0
 
 

