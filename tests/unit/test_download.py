@@ -270,3 +270,49 @@ def test_cli_exit_codes_and_one_line_errors(hub: HubEmulator, tmp_path: Path) ->
     assert aibrix.returncode == 0, aibrix.stderr
     assert (tmp_path / "aibrix" / "tiny" / "config.json").exists()
     assert not (tmp_path / "aibrix" / "tiny" / "README.md").exists()
+
+
+def test_one_file_over_http_with_ranges_and_a_retry(tmp_path: Path) -> None:
+    """A real aiohttp file server (Range support from aiohttp's FileResponse) for the https:// backend."""
+    from aiohttp import web
+
+    from tests.support.threaded_server import ThreadedServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.gguf").write_bytes(blob(3 * MIB + 1, 11))
+    failures = {"left": 1}
+
+    class FileServer:
+        port = 0
+
+        async def start(self) -> None:
+            async def handler(request: web.Request) -> web.StreamResponse:
+                if request.method == "GET" and failures["left"]:
+                    failures["left"] -= 1
+                    return web.Response(status=503)
+                path = served / request.match_info["name"]
+                if not path.is_file():
+                    return web.Response(status=404)
+                return web.FileResponse(path)
+
+            app = web.Application()
+            app.router.add_get("/files/{name}", handler)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = self.runner.addresses[0][1]
+
+        async def stop(self) -> None:
+            await self.runner.cleanup()
+
+    with ThreadedServer(FileServer(), "file-server") as server:
+        url = f"http://127.0.0.1:{server.port}/files/model.gguf"
+        settings = TransferSettings(part_size=MIB, backoff_base=0.01)
+        result = download(url, tmp_path / "out", transfer=settings)
+        assert (tmp_path / "out" / "model.gguf").read_bytes() == blob(3 * MIB + 1, 11)
+        assert result.downloaded == 1  # type: ignore[attr-defined]
+        with pytest.raises(DownloadError, match="not found") as failure:
+            download(f"http://127.0.0.1:{server.port}/files/missing.bin", tmp_path / "none")
+        assert failure.value.status == 404
