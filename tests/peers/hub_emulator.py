@@ -631,7 +631,7 @@ class HubEmulator(ThreadedServer):
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self.url
 
     @property
     def tree_page_size(self) -> int:

@@ -212,10 +212,6 @@ class FakeEngine(ThreadedServer):
         super().__init__(self._engine, "fake-engine")
 
     @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
     def mode(self) -> str:
         return self._engine.mode
 

@@ -60,3 +60,7 @@ class ThreadedServer:
     @property
     def port(self) -> int:
         return self._server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
