@@ -15,7 +15,14 @@ import click
 import orjson
 
 from runtime import __version__
-from runtime.config import ConfigError, ServeConfig, normalize_engine_url, normalize_path
+from runtime.config import (
+    ConfigError,
+    ServeConfig,
+    normalize_engine_url,
+    normalize_path,
+    normalize_roots,
+    resolve_api_token,
+)
 from runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from runtime.metrics.rules import (
     DEFAULT_PROFILE,
@@ -198,6 +205,59 @@ def cli(ctx: click.Context, version: bool) -> None:
     envvar="AIRUNTIME_LORA_RECONCILE_INTERVAL",
     help="Seconds between checks that the engine still has every desired adapter.",
 )
+@click.option(
+    "--api-token",
+    default=None,
+    envvar="AIRUNTIME_API_TOKEN",
+    help="Require `Authorization: Bearer TOKEN` on the management API (downloads, LoRA). Never logged.",
+)
+@click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="AIRUNTIME_API_TOKEN_FILE",
+    help="Read the API token from this file (e.g. a mounted Secret) instead of the command line.",
+)
+@click.option(
+    "--protect-metrics/--no-protect-metrics",
+    default=False,
+    show_default=True,
+    envvar="AIRUNTIME_PROTECT_METRICS",
+    help="Require the API token on /metrics too (probes stay open for the kubelet).",
+)
+@click.option(
+    "--allowed-root",
+    "allowed_roots",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    envvar="AIRUNTIME_ALLOWED_ROOTS",
+    help="Directory every output_dir, local_dir, lora_path and pvc:// path must resolve into; repeatable "
+    "(env: colon-separated). Unset: any path.",
+)
+@click.option(
+    "--max-request-bytes",
+    type=click.IntRange(1024, 1 << 30),
+    default=1024 * 1024,
+    show_default=True,
+    envvar="AIRUNTIME_MAX_REQUEST_BYTES",
+    help="Largest request body accepted (413 beyond).",
+)
+@click.option(
+    "--max-scrape-bytes",
+    type=click.IntRange(1024, 1 << 31),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    envvar="AIRUNTIME_MAX_SCRAPE_BYTES",
+    help="Largest engine /metrics answer read; a bigger one fails the scrape (reason too_large).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0.5, 3600),
+    default=20.0,
+    show_default=True,
+    envvar="AIRUNTIME_SHUTDOWN_TIMEOUT",
+    help="Seconds SIGTERM waits for requests and downloads before checkpointing them and exiting.",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
 def serve(
     engine: str,
@@ -220,6 +280,13 @@ def serve(
     adapters_dir: str,
     lora_adapters_file: str | None,
     lora_reconcile_interval: float,
+    api_token: str | None,
+    api_token_file: str | None,
+    protect_metrics: bool,
+    allowed_roots: tuple[str, ...],
+    max_request_bytes: int,
+    max_scrape_bytes: int,
+    shutdown_timeout: float,
     print_config: bool,
 ) -> None:
     """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
@@ -246,14 +313,22 @@ def serve(
         adapters_dir=adapters_dir,
         lora_adapters_file=lora_adapters_file,
         lora_reconcile_interval=lora_reconcile_interval,
+        api_token=resolve_api_token(api_token, api_token_file),
+        protect_metrics=protect_metrics,
+        allowed_roots=normalize_roots(allowed_roots),
+        max_request_bytes=max_request_bytes,
+        max_scrape_bytes=max_scrape_bytes,
+        shutdown_timeout=shutdown_timeout,
     )
+    if protect_metrics and not config.api_token:
+        raise ConfigError("--protect-metrics needs --api-token or --api-token-file")
     rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)
     if print_config:
         click.echo(orjson.dumps(config.describe(), option=orjson.OPT_INDENT_2).decode())
         return
     configure_logging(config.log_level, config.log_format)
     log.info("starting airuntime %s", __version__, extra={"fields": {"config": config.describe()}})
-    from runtime.server.app import serve as run_server
+    from runtime.server.lifecycle import serve as run_server
 
     run_server(config, rules)
 

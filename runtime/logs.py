@@ -36,8 +36,15 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
-            text += " " + " ".join(f"{key}={value}" for key, value in extra.items())
-        return text
+            text += " " + " ".join(f"{key}={_one_line(str(value))}" for key, value in extra.items())
+        if record.exc_info:
+            return text  # a traceback keeps its lines in text mode; --log-format json makes it one field
+        return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    """Escape line breaks so a caller-supplied value (a path, a name) cannot forge extra log lines."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from runtime.bounded_read import BodyTooLarge, read_bounded
+from runtime.config import public_url
+
 RUNTIME_LORA_ENGINES = ("vllm", "sglang")
 STATIC_LORA_NOTES = {
     "tgi": "TGI loads adapters only at launch (LORA_ADAPTERS / --lora-adapters)",
@@ -109,12 +112,15 @@ class EngineLoraApi:
                 async with self._session().request(
                     method, url, data=orjson.dumps(body) if body is not None else None, headers=headers
                 ) as response:
-                    raw = await response.read()
+                    raw = await read_bounded(response)
                     status = response.status
         except TimeoutError:
             raise EngineLoraError(f"engine did not answer {path} within {self._timeout:g}s", 504) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise EngineLoraError(f"engine unreachable at {self._engine_url}: {type(exc).__name__}", 502) from None
+            where = public_url(self._engine_url)
+            raise EngineLoraError(f"engine unreachable at {where}: {type(exc).__name__}", 502) from None
+        except BodyTooLarge as exc:
+            raise EngineLoraError(f"engine answer to {path} rejected: {exc}", 502) from None
         try:
             payload: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

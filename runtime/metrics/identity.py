@@ -15,6 +15,7 @@ from collections import Counter
 import aiohttp
 import orjson
 
+from runtime.bounded_read import BodyTooLarge, read_bounded
 from runtime.metrics.rules import AUTO_ENGINE, RuleSet
 from runtime.metrics.self_metrics import SidecarMetrics
 
@@ -84,8 +85,8 @@ class EngineIdentity:
             async with asyncio.timeout(self._timeout), session.get(url, headers=headers) as response:
                 if response.status != 200:
                     return
-                document = orjson.loads(await response.read())
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+                document = orjson.loads(await read_bounded(response))
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, BodyTooLarge):
             return
         value = document.get(field) if isinstance(document, dict) else None
         if isinstance(value, str) and value and value != self.version:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 from yarl import URL
 
+from runtime.bounded_read import BodyTooLarge, read_bounded
+from runtime.config import public_url
 from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rewriter import MetricsRewriter, RewriteCache
 from runtime.metrics.rules import RuleSet
@@ -26,7 +28,6 @@ from runtime.metrics.self_metrics import SidecarMetrics
 log = logging.getLogger("airuntime.scrape")
 
 SCRAPE_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 
 
@@ -81,8 +82,11 @@ class EngineScraper:
         api_key: str | None,
         metrics: SidecarMetrics,
         identity: EngineIdentity,
+        max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._session = session
+        self._max_bytes = max_bytes
+        self._public_url = public_url(engine_url + metrics_path)
         self._identity = identity
         self._url = engine_url + metrics_path
         self._rules = rules
@@ -144,12 +148,17 @@ class EngineScraper:
         rewriter = MetricsRewriter(self._rules, keep_raw=self._keep_raw, cache=self._cache)
         async with self._session.get(self._url, headers=self._headers, allow_redirects=True) as response:
             if response.status != 200:
-                raise ScrapeFailure("http_status", f"engine answered HTTP {response.status} on {self._url}")
+                raise ScrapeFailure("http_status", f"engine answered HTTP {response.status} on {self._public_url}")
+            limit = self._max_bytes
+            too_large = ScrapeFailure("too_large", f"engine metrics exceed {limit} bytes (--max-scrape-bytes)")
+            declared = response.content_length
+            if declared is not None and declared > self._max_bytes:
+                raise too_large
             received = 0
             async for chunk in response.content.iter_chunked(READ_CHUNK):
                 received += len(chunk)
-                if received > MAX_PAYLOAD_BYTES:
-                    raise ScrapeFailure("too_large", f"engine metrics exceed {MAX_PAYLOAD_BYTES} bytes")
+                if received > self._max_bytes:
+                    raise too_large
                 rewriter.feed(chunk)
                 await asyncio.sleep(0)  # let /health and other requests run between chunks
         rewriter.finish()
@@ -165,16 +174,19 @@ async def probe_health(
 ) -> tuple[bool, str]:
     """(ready, reason) from one GET of the engine's health endpoint."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    shown = public_url(url)
     try:
         async with asyncio.timeout(timeout), session.get(url, headers=headers) as response:
-            await response.read()
+            await read_bounded(response)
             if response.status == 200:
                 return True, "engine healthy"
-            return False, f"engine health check {url} answered HTTP {response.status}"
+            return False, f"engine health check {shown} answered HTTP {response.status}"
     except TimeoutError:
-        return False, f"engine health check {url} timed out after {timeout:g}s"
+        return False, f"engine health check {shown} timed out after {timeout:g}s"
+    except BodyTooLarge as exc:
+        return False, f"engine health check {shown}: {exc}"
     except (aiohttp.ClientError, OSError) as exc:
-        return False, f"engine health check {url} failed: {_describe(exc)}"
+        return False, f"engine health check {shown} failed: {_describe(exc)}"
 
 
 def _describe(exc: BaseException) -> str:

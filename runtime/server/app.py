@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from runtime.config import ServeConfig
 from runtime.lora.desired_file import DesiredFileWatcher
@@ -19,6 +19,8 @@ from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
 from runtime.server import download_routes, lora_routes, probes
+from runtime.server.allowed_roots import AllowedRoots
+from runtime.server.guards import log_access, refuse_while_draining, token_guard
 from runtime.server.jsonio import BadRequest, error_response
 from runtime.server.lora_routes import LORA
 from runtime.server.metrics_route import metrics_handler
@@ -39,6 +41,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 413:
+            limit = SidecarState.of(request).config.max_request_bytes
+            return error_response(f"the request body is larger than {limit} bytes (--max-request-bytes)", 413)
         return error_response(exc.reason, exc.status)
     except BadRequest as exc:
         return error_response(str(exc), exc.status)
@@ -50,12 +55,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    middlewares: list[Middleware] = [log_access, json_errors]
+    if config.api_token:
+        middlewares.append(token_guard(config.api_token, config.protect_metrics))
+    middlewares.append(refuse_while_draining)
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_request_bytes)
     metrics = SidecarMetrics(rules.prefix, config.engine, pod=config.pod, model=config.model)
     identity = EngineIdentity(
         config.engine, rules, metrics, config.engine_url, config.engine_api_key, config.scrape_timeout
     )
-    state = SidecarState(config=config, rules=rules, metrics=metrics, identity=identity)
+    state = SidecarState(
+        config=config, rules=rules, metrics=metrics, identity=identity, allowed_roots=AllowedRoots(config.allowed_roots)
+    )
     app[SidecarState.KEY] = state
 
     async def open_session(app: web.Application) -> None:
@@ -72,6 +83,7 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
             api_key=config.engine_api_key,
             metrics=metrics,
             identity=identity,
+            max_bytes=config.max_scrape_bytes,
         )
 
     def session() -> aiohttp.ClientSession:
@@ -110,33 +122,3 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
     download_routes.add_routes(app, state)
     lora_routes.add_routes(app)
     return app
-
-
-def serve(config: ServeConfig, rules: RuleSet) -> None:
-    """Run the sidecar until SIGINT/SIGTERM."""
-    import uvloop
-
-    app = create_app(config, rules)
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        sock = _bind(config.host, config.port)
-    except OSError as exc:
-        loop.close()
-        raise SystemExit(f"airuntime: error: cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-    log.info("listening", extra={"fields": {"address": f"http://{config.host}:{config.port}"}})
-    web.run_app(app, sock=sock, loop=loop, print=None, access_log=None, shutdown_timeout=5, handle_signals=True)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(512)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock

@@ -54,6 +54,7 @@ def _progress_for(state: SidecarState, scheme: str) -> Progress:
 
 def _start(request: web.Request, download: DownloadRequest) -> tuple[DownloadJob, bool]:
     state = SidecarState.of(request)
+    state.allowed_roots.check_download(download)
     try:
         prepared = prepare(download)
     except DownloadError as exc:
@@ -200,6 +201,7 @@ def _aibrix_status(job: DownloadJob) -> str:
 
 async def aibrix_list(request: web.Request) -> web.Response:
     root = Path(request.query.get("local_dir") or SidecarState.of(request).config.models_dir)
+    SidecarState.of(request).allowed_roots.check(root, "local_dir")
     running = {job.output_dir: job for job in request.app[DOWNLOADS].all() if job.state == "running"}
     cards = []
     if root.is_dir():

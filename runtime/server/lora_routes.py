@@ -7,20 +7,34 @@ Engine answers pass through faithfully (an engine 404 is our 404, never a 200); 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from runtime.download.service import DownloadRequest
 from runtime.lora.engine_api import EngineLoraError
 from runtime.lora.manager import AdapterRecord, LoraError, LoraManager
 from runtime.server.download_routes import parse_config
 from runtime.server.jsonio import BadRequest, field_bool, field_int, field_str, json_response, read_json_object
+from runtime.server.state import SidecarState
 
 LORA: web.AppKey[LoraManager] = web.AppKey("airuntime_lora")
 
 
 def _auth(request: web.Request) -> str | None:
+    """The caller's Authorization, forwarded to the engine (Kthena's behaviour) unless it carries our own API
+    token: that one never leaves the sidecar, and --engine-api-key authenticates to the engine instead."""
+    if SidecarState.of(request).config.api_token:
+        return None
     return request.headers.get("Authorization")
+
+
+def _check_paths(request: web.Request, path: Path, download: DownloadRequest | None) -> None:
+    roots = SidecarState.of(request).allowed_roots
+    roots.check(path, "lora_path")
+    if download is not None:
+        roots.check_download(download, "output_dir")
 
 
 def _answer(record: AdapterRecord, changed: bool, status: int = 200) -> web.Response:
@@ -42,6 +56,7 @@ async def kthena_load(request: web.Request) -> web.Response:
             config=parse_config(body.get("config")),
             max_workers=field_int(body, "max_workers", 8, 1, 256),
         )
+        _check_paths(request, path, download)
         inplace = field_bool(body, "load_inplace", False)
         if field_bool(body, "async_download", False):
             manager.load_in_background(name, path, download, inplace=inplace, auth=_auth(request))
@@ -79,6 +94,7 @@ async def aibrix_load(request: web.Request) -> web.Response:
     manager = request.app[LORA]
     try:
         path, download = manager.prepare_load(name, lora_path=lora_path)
+        _check_paths(request, path, download)
         record, changed = await manager.load(
             name, path, download, inplace=field_bool(body, "load_inplace", False), auth=_auth(request)
         )

@@ -21,6 +21,12 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     state = SidecarState.of(request)
+    if state.draining:
+        return web.Response(
+            body=orjson.dumps({"status": "not ready", "reason": "the sidecar is shutting down"}),
+            status=503,
+            content_type="application/json",
+        )
     assert state.session is not None
     url = state.health_url
     ok, reason = await probe_health(state.session, url, state.config.scrape_timeout, state.config.engine_api_key)

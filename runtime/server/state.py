@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import aiohttp
@@ -13,6 +13,7 @@ from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
+from runtime.server.allowed_roots import AllowedRoots
 
 
 @dataclass
@@ -23,7 +24,9 @@ class SidecarState:
     rules: RuleSet
     metrics: SidecarMetrics
     identity: EngineIdentity
+    allowed_roots: AllowedRoots = field(default_factory=lambda: AllowedRoots(()))
     session: aiohttp.ClientSession | None = None
+    draining: bool = False  # set on SIGTERM: /ready answers 503 and no new work starts
     scraper: EngineScraper | None = None
 
     @property

@@ -22,6 +22,11 @@ Modes (they apply to /metrics; /health follows `refuse`, `slow` and `error500` o
 * ``error500``: 500 with a short text body.
 * ``garbage``: 200, the metrics content type, ``garbage_size`` random bytes (seeded, so reproducible).
 * ``truncated``: 200 with ``Content-Length`` of the full payload, sends half, then closes the connection.
+* ``reset``: like ``truncated`` but aborts the connection with an RST (SO_LINGER 0) instead of a FIN.
+* ``stall``: 200, headers and half the payload, then nothing for ``delay`` seconds (a hung engine mid-body).
+* ``huge``: 200, 50 MB of valid exposition lines, chunked (no Content-Length); the in-process engine's
+  ``set_mode("huge", declare_length=True)`` sends the Content-Length up front instead.
+* ``drip``: 200, the payload at one byte per ``delay`` seconds (a slow-loris engine).
 
 The control endpoint ``POST /_control`` (query ``mode``, ``delay``, ``garbage_size``) is unreachable while in
 ``refuse`` mode, so a subprocess engine cannot be switched back out of it; the in-process `FakeEngine` can.
@@ -33,6 +38,8 @@ import argparse
 import asyncio
 import contextlib
 import random
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -48,7 +55,8 @@ from aiohttp import web
 
 from tests.support.threaded_server import ThreadedServer
 
-Mode = Literal["ok", "refuse", "slow", "error500", "garbage", "truncated"]
+Mode = Literal["ok", "refuse", "slow", "error500", "garbage", "truncated", "reset", "stall", "huge", "drip"]
+HUGE_BYTES = 50 * 1024 * 1024
 MODES: tuple[str, ...] = get_args(Mode)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HOST = "127.0.0.1"
@@ -94,6 +102,7 @@ class _EngineApp:
         self.mode: str = "ok"
         self.delay = 1.0
         self.garbage_size = 4096
+        self.declare_length = False
         self.requests: Counter[str] = Counter()
         self._random = random.Random(0)
         self._runner: web.AppRunner | None = None
@@ -162,6 +171,8 @@ class _EngineApp:
         elif mode == "garbage":
             body = self._random.randbytes(self.garbage_size)
             return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+        elif mode in ("reset", "stall", "huge", "drip"):
+            return await self._misbehave(request, mode)
         elif mode == "truncated":
             response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
             response.content_length = len(self.payload)
@@ -172,6 +183,39 @@ class _EngineApp:
                 request.transport.close()
             return response
         return web.Response(body=self.payload, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _misbehave(self, request: web.Request, mode: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
+        if mode == "huge":
+            line = b'vllm:num_requests_running{engine="0",model_name="tiny",filler="' + b"x" * 200 + b'"} 1.0\n'
+            block = line * (64 * 1024 // len(line))
+            blocks = HUGE_BYTES // len(block)
+            if self.declare_length:
+                response.content_length = blocks * len(block)
+            await response.prepare(request)
+            for _ in range(blocks):
+                await response.write(block)
+            await response.write_eof()
+            return response
+        response.content_length = len(self.payload)
+        await response.prepare(request)
+        if mode == "drip":
+            for index in range(len(self.payload)):
+                await response.write(self.payload[index : index + 1])
+                await asyncio.sleep(self.delay)
+            return response
+        await response.write(self.payload[: len(self.payload) // 2])
+        if mode == "stall":
+            await asyncio.sleep(self.delay)
+            return response
+        await asyncio.sleep(0.01)
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        return response
 
     async def _health(self, request: web.Request) -> web.Response:
         self.requests["/health"] += 1
@@ -220,8 +264,16 @@ class FakeEngine(ThreadedServer):
         """Requests served per path (a live view; read it from the test thread)."""
         return self._engine.requests
 
-    def set_mode(self, mode: Mode, *, delay: float | None = None, garbage_size: int | None = None) -> None:
+    def set_mode(
+        self,
+        mode: Mode,
+        *,
+        delay: float | None = None,
+        garbage_size: int | None = None,
+        declare_length: bool = False,
+    ) -> None:
         """Switch the fault mode; returns once the change (e.g. closing the port for `refuse`) is done."""
+        self._engine.declare_length = declare_length
         self._call(self._engine.set_mode(mode, delay, garbage_size))
 
     def set_payload(self, payload: bytes) -> None:
