@@ -15,6 +15,9 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+from tests.support import secrets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +51,26 @@ def wait_http_ok(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] 
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s: {last_error}")
 
 
+class SidecarProcess:
+    """A running `airuntime serve`: its base URL, process, and output so far."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: IO[bytes]) -> None:
+        self.proc = proc
+        self.url = url
+        self._log = log
+
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
 @contextmanager
-def running_sidecar(args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
-    """Start `airuntime serve ARGS --host 127.0.0.1 --port P`, wait for /health, yield its base URL, stop it."""
+def sidecar_process(
+    args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[SidecarProcess]:
+    """Start `airuntime serve ARGS --host 127.0.0.1 --port P`, wait for /health, yield it, stop it (SIGTERM, then
+    SIGKILL after 10 s). Its output is kept for the suite-wide secret check."""
     port = port or free_port()
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
@@ -60,19 +80,26 @@ def running_sidecar(args: Sequence[str], env: dict[str, str] | None = None, port
     # output goes to a file, not a pipe: a chatty sidecar can never block on a full pipe
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(command, env=full_env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
+        sidecar = SidecarProcess(proc, f"http://127.0.0.1:{port}", log)
         try:
             try:
-                wait_http_ok(f"{base}/health", proc=proc)
+                wait_http_ok(f"{sidecar.url}/health", proc=proc)
             except (RuntimeError, TimeoutError) as exc:
-                log.seek(0)
-                output = log.read()[-4000:].decode(errors="replace")
-                raise RuntimeError(f"{exc}; sidecar output:\n{output}") from None
-            yield base
+                raise RuntimeError(f"{exc}; sidecar output:\n{sidecar.output()[-4000:]}") from None
+            yield sidecar
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+            secrets.keep_output(f"sidecar {' '.join(args)[:200]}", sidecar.output())
+
+
+@contextmanager
+def running_sidecar(args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """Start `airuntime serve ARGS --host 127.0.0.1 --port P`, wait for /health, yield its base URL, stop it."""
+    with sidecar_process(args, env, port) as sidecar:
+        yield sidecar.url

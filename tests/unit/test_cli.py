@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import secrets
 from tests.support.sidecar import REPO_ROOT, sidecar_command
 
 CLEAN_ENV_PREFIXES = ("AIRUNTIME_", "INFERENCE_ENGINE", "METRIC_SCRAPE_PATH")
@@ -20,9 +21,11 @@ def run_cli(
     base = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_ENV_PREFIXES)}
     base.setdefault("PYTHONPATH", str(REPO_ROOT))
     base.update(env or {})
-    return subprocess.run(
+    result = subprocess.run(
         [*sidecar_command(), *args], input=stdin, env=base, cwd=REPO_ROOT, capture_output=True, timeout=60
     )
+    secrets.keep_output(f"airuntime {' '.join(args)[:200]}", (result.stdout + result.stderr).decode(errors="replace"))
+    return result
 
 
 def effective_config(args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
