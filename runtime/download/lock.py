@@ -45,8 +45,11 @@ class DirectoryLock:
                 await asyncio.sleep(POLL_SECONDS)
         self.waited = time.monotonic() - started
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:  # a full disk: the pid is only informative, the flock is what counts
+            pass
         return self
 
     async def __aexit__(

@@ -7,11 +7,20 @@
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
   done for which remote version; a transient failure inside a part is retried from the byte where it stopped.
 - The manifest makes a re-run skip finished files; `force` fetches everything again.
+
+Faults (tests/e2e/test_download_faults_e2e.py): 5xx, 429, 503 SlowDown and dropped connections are retried per
+part, `retries` times with exponential backoff and jitter; throttling waits at least `throttle_delay` and honours a
+Retry-After up to `retry_after_cap`. Whatever fails, nothing lands under a final name unverified, and the error is
+one line (`DownloadError`). A failed file keeps its partial file and resume record when at least one part is done
+(a re-run fetches only the missing parts; this includes a full disk: free space or grow it and run again);
+a partial file with nothing resumable in it is deleted. Disk errors name the path and the cause (no space left,
+permission denied, read-only file system).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -72,6 +81,8 @@ class TransferSettings:
     force: bool = False
     retries: int = 6
     backoff_base: float = 0.25
+    throttle_delay: float = 1.0  # the least wait after a 429 or 503 SlowDown (before jitter)
+    retry_after_cap: float = 30.0  # a source's Retry-After is honoured up to this many seconds
     lock_timeout: float = 6 * 3600.0
 
 
@@ -125,8 +136,13 @@ async def run_download(
     """Download every wanted file of `backend` into `root`; returns only when all are complete and verified."""
     progress = progress or Progress()
     file_filter = file_filter or FileFilter()
-    root.mkdir(parents=True, exist_ok=True)
-    async with DirectoryLock(root, settings.lock_timeout) as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(root, settings.lock_timeout)
+        await lock.__aenter__()
+    except OSError as exc:
+        raise disk_error(exc, root) from None
+    try:
         listed = await backend.list_files()
         wanted = [remote for remote in listed if file_filter.wants(remote.path)]
         if not wanted:
@@ -137,6 +153,8 @@ async def run_download(
             )
         transfer = _Transfer(backend, root, settings, progress)
         await transfer.run(wanted)
+    finally:
+        await lock.__aexit__(None, None, None)
     progress.finished_at = time.time()
     return DownloadResult(
         files=[remote.path for remote in wanted],
@@ -175,9 +193,15 @@ class _Transfer:
                 for remote in pending:
                     group.create_task(self._fetch_file(remote))
         except* Exception as failures:
-            raise _as_download_error(failures) from None
-        finally:
+            try:
+                self._manifest.save()  # the files that did complete count on the next run
+            except OSError as exc:  # a full disk, most likely: the first failure is the one to report
+                log.info("cannot save the manifest", extra={"fields": {"error": str(exc)}})
+            raise _as_download_error(failures, self._root) from None
+        try:
             self._manifest.save()
+        except OSError as exc:
+            raise disk_error(exc, self._root) from None
 
     async def _is_complete(self, remote: RemoteFile) -> bool:
         path = final_path(self._root, remote.path)
@@ -218,7 +242,10 @@ class _Transfer:
             resumed = sum(end - start for index, (start, end) in enumerate(parts) if index in done)
             self._progress.bytes_done += resumed
             log.info("resuming", extra={"fields": {"file": remote.path, "bytes": resumed}})
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, partial) from None
         try:
             os.ftruncate(fd, remote.size)
             state = _PartState(state_path, remote, self._settings.part_size, done) if len(parts) > 1 else None
@@ -232,17 +259,26 @@ class _Transfer:
                         group.create_task(self._fetch_part(remote, fd, index, start, end, state))
             await asyncio.to_thread(os.fsync, fd)
         except* Exception as failures:
-            raise _as_download_error(failures) from None
-        finally:
             os.close(fd)
+            fd = -1
+            if not (state is not None and state.done):  # nothing a re-run could resume: do not leave it behind
+                partial.unlink(missing_ok=True)
+                state_path.unlink(missing_ok=True)
+            raise _as_download_error(failures, partial) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
         problem = await asyncio.to_thread(_verify, partial, remote)
         if problem is not None:
             partial.unlink(missing_ok=True)
             state_path.unlink(missing_ok=True)
             raise _ChecksumMismatch(f"{remote.path}: {problem}")
-        os.replace(partial, final)
-        state_path.unlink(missing_ok=True)
-        _fsync_directory(final.parent)
+        try:
+            os.replace(partial, final)
+            state_path.unlink(missing_ok=True)
+            _fsync_directory(final.parent)
+        except OSError as exc:
+            raise disk_error(exc, final) from None
         self._manifest.record(remote, final, time.time())
         self._progress.files_done += 1
         now = time.monotonic()
@@ -272,10 +308,8 @@ class _Transfer:
                         offset = await self._write(fd, pending, offset, end, remote)
                     failures += 1
                     if failures > self._settings.retries:
-                        raise DownloadError(
-                            f"{remote.path}: giving up after {failures} attempts: {exc}", reason="transient"
-                        ) from None
-                    delay = self._settings.backoff_base * 2 ** (failures - 1) * (0.5 + random.random())
+                        raise DownloadError(f"{exc} (gave up after {failures} attempts)", reason=exc.reason) from None
+                    delay = self._retry_delay(exc, failures)
                     log.info(
                         "retrying part",
                         extra={"fields": {"file": remote.path, "offset": offset, "error": str(exc), "delay": delay}},
@@ -283,6 +317,17 @@ class _Transfer:
                     await asyncio.sleep(delay)
         if state is not None:
             state.mark_done(index)
+
+    def _retry_delay(self, exc: RetryableError, failures: int) -> float:
+        """Exponential backoff with jitter; longer when throttled; a Retry-After honoured up to the cap."""
+        settings = self._settings
+        delay: float = settings.backoff_base * 2.0 ** (failures - 1)
+        if exc.throttled:
+            delay = max(delay, settings.throttle_delay)
+        delay = min(delay, settings.retry_after_cap) * (0.5 + random.random())
+        if exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, settings.retry_after_cap))
+        return delay
 
     async def _write(self, fd: int, pending: _Pending, offset: int, end: int, remote: RemoteFile) -> int:
         size = pending.size
@@ -326,20 +371,35 @@ class _ChecksumMismatch(Exception):
     pass
 
 
-def _as_download_error(failures: BaseExceptionGroup[Exception]) -> Exception:
-    """The first failure inside (nested) task groups, as a DownloadError when it is a disk problem."""
+def _as_download_error(failures: BaseExceptionGroup[Exception], path: Path) -> Exception:
+    """The first failure inside (nested) task groups, as a DownloadError when it is a disk problem (at `path` when
+    the error does not name a file)."""
     first: BaseException = failures
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     if isinstance(first, DownloadError | _ChecksumMismatch):
         return first
     if isinstance(first, OSError):
-        return DownloadError(
-            f"cannot write {first.filename or 'the file'}: {first.strerror}", reason="disk", status=507
-        )
+        return disk_error(first, path)
     if isinstance(first, Exception):
         return first
     raise first
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
+def disk_error(exc: OSError, path: Path) -> DownloadError:
+    """One line for a local file-system failure: what went wrong and where (HTTP 507 in the API)."""
+    where = exc.filename if isinstance(exc.filename, str) and exc.filename else str(path)
+    cause = _DISK_ERRORS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+    return DownloadError(f"cannot write {where}: {cause}", reason="disk", status=507)
 
 
 class _PartState:
@@ -350,9 +410,14 @@ class _PartState:
         self._header = {"size": remote.size, "etag": remote.etag, "part_size": part_size}
         self._done = set(done)
 
+    @property
+    def done(self) -> set[int]:
+        return self._done
+
     def mark_done(self, index: int) -> None:
-        self._done.add(index)
-        write_atomically(self._path, orjson.dumps({**self._header, "done": sorted(self._done)}))
+        done = self._done | {index}
+        write_atomically(self._path, orjson.dumps({**self._header, "done": sorted(done)}))
+        self._done = done  # only once recorded on disk: `done` is what a re-run will resume
 
 
 def _resumable_parts(partial: Path, state_path: Path, remote: RemoteFile, part_size: int) -> set[int]:

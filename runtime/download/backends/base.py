@@ -23,10 +23,16 @@ class DownloadError(Exception):
 
 
 class RetryableError(DownloadError):
-    """A transient failure (connection cut, 5xx, timeout): the same request may succeed when repeated."""
+    """A transient failure (connection cut, 5xx, timeout): the same request may succeed when repeated.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="transient", status=502)
+    `throttled` marks the source asking to slow down (429, S3's 503 SlowDown): the retry waits longer.
+    `retry_after` is the source's Retry-After in seconds when it sent one (honoured up to a cap).
+    """
+
+    def __init__(self, message: str, *, throttled: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message, reason="throttled" if throttled else "transient", status=502)
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
 """Ranged GETs over HTTP with aiohttp, shared by the HTTPS and HuggingFace backends, with failures classified:
-connection problems, timeouts, 429 and 5xx are transient (retried); other statuses are final and say why."""
+connection problems, timeouts, 429 and 5xx are transient (retried; 429 and a 503 with Retry-After count as
+throttling, and their Retry-After is passed on); other statuses are final and say why. Messages are one line and
+name the status or the host, never a header value such as a token."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -22,14 +28,57 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def status_error(status: int, what: str) -> DownloadError:
+def status_text(status: int) -> str:
+    """'503 Service Unavailable' (or just the number for a status without a standard phrase)."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def status_error(status: int, what: str, headers: Mapping[str, str] | None = None) -> DownloadError:
     if status in (401, 403):
         return DownloadError(f"{what}: access denied (HTTP {status}); check the token or keys", "unauthorized", 403)
     if status == 404:
         return DownloadError(f"{what}: not found (HTTP 404)", "not_found", 404)
     if status == 429 or status >= 500:
-        return RetryableError(f"{what}: HTTP {status}")
-    return DownloadError(f"{what}: HTTP {status}", "http_status", 502)
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        hint = f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""
+        throttled = status == 429 or (status == 503 and retry_after is not None)
+        return RetryableError(f"{what}: HTTP {status_text(status)}{hint}", throttled=throttled, retry_after=retry_after)
+    return DownloadError(f"{what}: HTTP {status_text(status)}", "http_status", 502)
+
+
+def connection_error(exc: BaseException, url: str, what: str) -> RetryableError:
+    """A one-line description of a failed connection or read: which host, and what happened."""
+    host = urlsplit(url).hostname or url
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return RetryableError(f"{what}: cannot resolve host {host}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else "cannot connect"
+        return RetryableError(f"{what}: cannot connect to {host}: {reason.lower()}")
+    if isinstance(exc, TimeoutError):
+        return RetryableError(f"{what}: no data from {host} for {READ_TIMEOUT.sock_read:g}s")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionError):
+        return RetryableError(f"{what}: connection to {host} dropped mid-transfer")
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return RetryableError(f"{what}: {type(exc).__name__} from {host}" + (f": {detail}" if detail else ""))
 
 
 async def read_range(
@@ -44,7 +93,7 @@ async def read_range(
             elif response.status == 206:
                 skip = 0
             else:
-                raise status_error(response.status, what)
+                raise status_error(response.status, what, response.headers)
             remaining = end - start
             async for chunk in response.content.iter_chunked(CHUNK):
                 if skip:
@@ -59,4 +108,4 @@ async def read_range(
                 remaining -= len(chunk)
                 yield chunk
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-        raise RetryableError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise connection_error(exc, url, what) from None

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
-from runtime.download.backends.http_range import new_session, read_range, status_error
+from runtime.download.backends.http_range import connection_error, new_session, read_range, status_error
 from runtime.download.layout import safe_relative_path
 
 
@@ -36,11 +36,12 @@ class HttpsBackend:
         try:
             async with self._client().head(self._url, headers=self._headers, allow_redirects=True) as response:
                 if response.status != 200:
-                    raise status_error(response.status, self._shown)
+                    raise status_error(response.status, self._shown, response.headers)
                 length = response.headers.get("Content-Length")
                 etag = response.headers.get("ETag")
         except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise DownloadError(f"{self._shown}: unreachable: {exc}", reason="unreachable", status=502) from None
+            failure = connection_error(exc, self._url, self._shown)
+            raise DownloadError(str(failure), reason="unreachable", status=502) from None
         except RetryableError as exc:
             raise DownloadError(str(exc), reason="unreachable", status=502) from None
         if length is None or not length.isdigit():

@@ -3,25 +3,39 @@ commit and lists the files with their sizes, LFS sha256 and git blob ids; the by
 URLs of that commit as parallel ranged GETs, and every file is checked against its sha256 or git blob id.
 
 `HF_ENDPOINT` (or config `hf_endpoint`) selects the Hub or a mirror; a token is sent as a Bearer header.
+The listing is retried a few times on 429, 5xx and dropped connections (Retry-After honoured up to a cap); a host
+that does not resolve fails at once with a message naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from runtime.download.backends.base import DownloadError, RemoteFile
-from runtime.download.backends.http_range import new_session, read_range
+from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.http_range import new_session, parse_retry_after, read_range, status_text
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+LIST_ATTEMPTS = 4
+LIST_BACKOFF = 0.25
+LIST_RETRY_AFTER_CAP = 10.0
+_DNS_MARKERS = (
+    "Name or service not known",
+    "nodename nor servname",
+    "Temporary failure in name resolution",
+    "No address associated with hostname",
+    "getaddrinfo failed",
+)
 
 
 class HuggingFaceBackend:
@@ -48,12 +62,20 @@ class HuggingFaceBackend:
         constants.HF_HUB_DISABLE_TELEMETRY = True
 
         api = HfApi(endpoint=self._endpoint, token=self._token or False)
-        try:
-            info = api.model_info(self._repo, revision=self._revision)
-            commit = info.sha or self._revision
-            entries = list(api.list_repo_tree(self._repo, revision=commit, recursive=True))
-        except Exception as exc:
-            raise self._classified(exc) from None
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            try:
+                info = api.model_info(self._repo, revision=self._revision)
+                commit = info.sha or self._revision
+                entries = list(api.list_repo_tree(self._repo, revision=commit, recursive=True))
+                break
+            except Exception as exc:
+                failure = self._classified(exc)
+                if not isinstance(failure, RetryableError) or attempt == LIST_ATTEMPTS:
+                    raise DownloadError(str(failure), failure.reason, failure.status) from None
+                delay = LIST_BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random())
+                if failure.retry_after is not None:
+                    delay = max(delay, min(failure.retry_after, LIST_RETRY_AFTER_CAP))
+                time.sleep(delay)  # in a worker thread (list_files runs _list through asyncio.to_thread)
         self._commit = commit
         files: list[RemoteFile] = []
         for entry in entries:
@@ -89,10 +111,28 @@ class HuggingFaceBackend:
             status = exc.response.status_code if exc.response is not None else 502
             if status in (401, 403):
                 return DownloadError(f"{name}: access denied (HTTP {status}); check the token", "unauthorized", 403)
-            return DownloadError(f"{name}: the Hub answered HTTP {status}", reason="http_status", status=502)
-        return DownloadError(
-            f"{name}: cannot reach {self._endpoint}: {type(exc).__name__}", reason="unreachable", status=502
-        )
+            if status == 429 or status >= 500:
+                headers = exc.response.headers if exc.response is not None else {}
+                retry_after = parse_retry_after(headers.get("Retry-After"))
+                return RetryableError(
+                    f"{name}: the Hub answered HTTP {status_text(status)}",
+                    throttled=status == 429,
+                    retry_after=retry_after,
+                )
+            return DownloadError(f"{name}: the Hub answered HTTP {status_text(status)}", "http_status", 502)
+        host = urlsplit(self._endpoint).hostname or self._endpoint
+        chain: list[str] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(chain) < 10:
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        if any(marker in text for text in chain for marker in _DNS_MARKERS):
+            return DownloadError(
+                f"{name}: cannot reach {self._endpoint}: cannot resolve host {host}", "unreachable", 502
+            )
+        failure = RetryableError(f"{name}: cannot reach {self._endpoint}: {type(exc).__name__}")
+        failure.reason = "unreachable"
+        return failure
 
     def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
         if self._session is None:

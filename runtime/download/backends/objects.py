@@ -8,10 +8,19 @@ name from `account_name` (or the endpoint) and its key from `access_key`; `skip_
 A prefix names a "directory" (every object under `prefix/`); when nothing is under it, it is tried as one object.
 S3 single-part ETags are MD5s and are checked after the download; multipart ETags (`md5-N`) cannot be, so those
 files are checked by size.
+
+Retries happen in one place, not two: obstore's own retry loop is off (`max_retries=0`), the transfer engine
+retries ranged GETs from the byte reached, and the listing is retried here a few times. A failure becomes one line
+naming the status and S3 error code (`HTTP 503 Service Unavailable (SlowDown)`), the host that does not resolve,
+or the connection that dropped; never obstore's multi-line debug text (which holds the request URL and headers).
+429 and 503 SlowDown count as throttling (longer waits). obstore does not expose response headers on errors, so an
+object store's Retry-After cannot be read; the throttling backoff stands in for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -25,6 +34,14 @@ from runtime.download.uri import SourceSpec
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
 DEFAULT_REGIONS = {"s3": "us-east-1", "tos": "cn-beijing", "obs": "cn-north-4"}
+# obstore's retries off: the transfer engine (GETs) and list_files (listing) retry, with one budget each.
+RETRY_CONFIG: dict[str, Any] = {"max_retries": 0}
+LIST_ATTEMPTS = 4
+LIST_BACKOFF = 0.25
+_STATUS = re.compile(r"non-2xx status code: (\d{3})(?: ([^:\n]*))?")
+_S3_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_URL_HOST = re.compile(r"https?://\[?([A-Za-z0-9.\-:]+?)\]?(?::\d+)?[/\s,)]")
+_DNS_MARKERS = ("dns error", "failed to lookup address", "Name or service not known", "nodename nor servname")
 
 
 def provider_endpoint(scheme: str, settings: SourceSettings, region: str) -> str | None:
@@ -59,7 +76,7 @@ def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
             raise DownloadError(f"{spec.describe()}: {first}", reason="bad_request", status=400) from None
     region = settings.region or DEFAULT_REGIONS[spec.scheme]
     endpoint = provider_endpoint(spec.scheme, settings, region)
-    options: dict[str, Any] = {"region": region}
+    options: dict[str, Any] = {"region": region, "retry_config": RETRY_CONFIG}
     if endpoint:
         options["endpoint"] = endpoint
         if endpoint.startswith("http://"):
@@ -97,7 +114,7 @@ def azure_account(settings: SourceSettings) -> str | None:
 
 def cloud_store_options(scheme: str, settings: SourceSettings) -> dict[str, Any]:
     """GCSStore / AzureStore keyword arguments from the settings (obstore adds what it finds in the environment)."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"retry_config": RETRY_CONFIG}
     endpoint = settings.endpoint
     if endpoint:
         endpoint = (endpoint if "://" in endpoint else "https://" + endpoint).rstrip("/")
@@ -130,6 +147,17 @@ class ObjectStoreBackend:
         return self._spec.describe()
 
     async def list_files(self) -> list[RemoteFile]:
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            try:
+                return await self._list_once()
+            except RetryableError as exc:
+                if attempt == LIST_ATTEMPTS:
+                    raise DownloadError(f"{exc} (gave up after {attempt} attempts)", "unreachable", 502) from None
+                delay = max(LIST_BACKOFF * 2 ** (attempt - 1), 1.0 if exc.throttled else 0.0)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _list_once(self) -> list[RemoteFile]:
         import obstore
 
         prefix = self._spec.prefix
@@ -179,18 +207,20 @@ class ObjectStoreBackend:
         except DownloadError:
             raise
         except Exception as exc:
-            raise _classified(exc, f"{self.describe()}/{file.path}", listing=False) from None
+            raise _classified(exc, f"{self._spec.scheme}://{self._spec.location}/{key}", listing=False) from None
 
     async def close(self) -> None:
         return None
 
 
 def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
+    """One line for an obstore failure: final (not found, access denied, changed) or RetryableError."""
     from obstore import exceptions
 
-    message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    text = str(exc)
+    message = describe_failure(text) if text else type(exc).__name__
     if isinstance(exc, exceptions.NotFoundError | FileNotFoundError) or any(
-        marker in message for marker in ("NoSuchBucket", "ContainerNotFound", "404 Not Found")
+        marker in text for marker in ("NoSuchBucket", "ContainerNotFound", "404 Not Found")
     ):
         detail = "no object under that prefix and no object of that name" if listing else "object not found"
         return DownloadError(f"{what}: not found ({detail})", reason="not_found", status=404)
@@ -198,8 +228,42 @@ def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
         return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
     if isinstance(exc, exceptions.PreconditionError):
         return DownloadError(f"{what}: the object changed during the download", reason="changed", status=409)
-    if any(marker in message for marker in ("403 Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
+    if any(marker in text for marker in ("403 Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
         return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
-    if listing:  # obstore already retried; a listing that still fails means the store cannot be reached
-        return DownloadError(f"{what}: cannot list: {message}", reason="unreachable", status=502)
+    status = _STATUS.search(text)
+    if status is not None:
+        code = int(status.group(1))
+        if code == 429 or code >= 500:
+            throttled = code == 429 or "<Code>SlowDown</Code>" in text
+            return RetryableError(f"{what}: {message}", throttled=throttled)
+        return DownloadError(f"{what}: {message}", reason="http_status", status=502)
+    if any(marker in text for marker in _DNS_MARKERS):  # retrying a name that does not resolve would only wait
+        return DownloadError(f"{what}: {message}", reason="unreachable", status=502)
+    if listing:
+        return RetryableError(f"{what}: cannot list: {message}")
     return RetryableError(f"{what}: {message}")
+
+
+def describe_failure(text: str) -> str:
+    """obstore's multi-line error text as one short line: the status and S3 code, the host that does not resolve,
+    the refused connection, or the dropped body; else its first line without the request URL."""
+    status = _STATUS.search(text)
+    if status is not None:
+        code = _S3_CODE.search(text)
+        phrase = f" {status.group(2).strip()}" if status.group(2) and status.group(2).strip() else ""
+        shown = f" ({code.group(1)})" if code and code.group(1) != "Error" else ""
+        return f"HTTP {status.group(1)}{phrase}{shown}"
+    host_match = _URL_HOST.search(text)
+    host = host_match.group(1) if host_match else "the endpoint"
+    if any(marker in text for marker in _DNS_MARKERS):
+        return f"cannot resolve host {host}"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return f"cannot connect to {host}: connection refused"
+    if "kind: Connect" in text or "error sending request" in text:
+        return f"cannot connect to {host}"
+    if "body error" in text or "IncompleteBody" in text or "UnexpectedEof" in text:
+        return "connection dropped mid-transfer"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return f"timed out talking to {host}"
+    first = text.splitlines()[0]
+    return re.sub(r"https?://\S+", "<url>", first)[:300]
