@@ -10,6 +10,7 @@ case including Host, Range and Authorization, body) unless a programmed fault ma
         proxy.add_fault(status=503, times=2)                        # the next two requests (any) answer 503
         proxy.add_fault(path_prefix="/models/", stall_seconds=5)     # before answering
         proxy.add_fault(method="GET", stall_seconds=5, stall_after_bytes=4096)  # mid-body
+        proxy.add_fault(path="/models/big.bin", range_start=1 << 20, status=503, times=None)  # one ranged part
         proxy.count("GET", "/models/big.bin")                       # requests seen (faulted ones included)
         proxy.records                                               # one `RequestRecord` per request, in order
 
@@ -79,13 +80,15 @@ class Fault:
     """One programmed fault. Matching: every given criterion must hold (None matches anything).
 
     `path` is compared with the request's path without the query string (percent-encoded as sent);
-    `query_contains` with the raw query string (e.g. "list-type=2", "partNumber=").
+    `query_contains` with the raw query string (e.g. "list-type=2", "partNumber=");
+    `range_start` with the first byte of the request's Range header (`bytes=START-...`; no Range never matches).
     """
 
     method: str | None = None
     path: str | None = None
     path_prefix: str | None = None
     query_contains: str | None = None
+    range_start: int | None = None
     status: int | None = None
     body: bytes | None = None
     headers: dict[str, str] | None = None
@@ -96,8 +99,10 @@ class Fault:
     times: int | None = 1
     applied: int = 0
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, range_header: str | None = None) -> bool:
         if self.times is not None and self.applied >= self.times:
+            return False
+        if self.range_start is not None and range_start(range_header) != self.range_start:
             return False
         if self.method is not None and self.method.upper() != method:
             return False
@@ -121,6 +126,14 @@ class Fault:
             where = "before" if self.stall_after_bytes is None else f"after {self.stall_after_bytes} bytes"
             parts.append(f"stall={self.stall_seconds}s {where}")
         return ",".join(parts) or "none"
+
+
+def range_start(header: str | None) -> int | None:
+    """The first byte of a `bytes=START-[END]` Range header; None without one (or for a suffix range)."""
+    if not header or not header.startswith("bytes="):
+        return None
+    start = header[len("bytes=") :].split("-", 1)[0].strip()
+    return int(start) if start.isdigit() else None
 
 
 @dataclass
@@ -217,7 +230,7 @@ class _ProxyApp:
         with self.state.lock:
             self.state.records.append(record)
             for fault in self.state.faults:
-                if fault.matches(record.method, record.path, record.query):
+                if fault.matches(record.method, record.path, record.query, record.range):
                     fault.applied += 1
                     record.fault = fault.describe()
                     return fault
@@ -385,6 +398,7 @@ class FaultProxy(ThreadedServer):
         path: str | None = None,
         path_prefix: str | None = None,
         query_contains: str | None = None,
+        range_start: int | None = None,
         status: int | None = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
@@ -402,6 +416,7 @@ class FaultProxy(ThreadedServer):
             path=path,
             path_prefix=path_prefix,
             query_contains=query_contains,
+            range_start=range_start,
             status=status,
             body=body,
             headers=headers,
