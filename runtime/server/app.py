@@ -18,7 +18,7 @@ from runtime.metrics.identity import EngineIdentity
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
-from runtime.server import download_routes, lora_routes, probes
+from runtime.server import download_routes, lora_routes, openapi_route, probes
 from runtime.server.allowed_roots import AllowedRoots
 from runtime.server.guards import log_access, refuse_while_draining, token_guard
 from runtime.server.jsonio import BadRequest, error_response
@@ -121,4 +121,5 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
     probes.add_routes(app.router)
     download_routes.add_routes(app, state)
     lora_routes.add_routes(app)
+    openapi_route.add_routes(app.router)
     return app

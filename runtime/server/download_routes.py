@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from runtime.download.backends.base import DownloadError
+from runtime.download.credentials import validate_config
 from runtime.download.jobs import DownloadJob, JobRegistry
 from runtime.download.manifest import MANIFEST_NAME
 from runtime.download.service import DownloadRequest, prepare
@@ -44,7 +45,10 @@ def parse_config(raw: Any, status: int = 400) -> dict[str, Any]:
             raise BadRequest(f"'config' is a string but not JSON: {exc}", status) from None
     if not isinstance(raw, dict):
         raise BadRequest("'config' must be an object or a JSON string of one", status)
-    return raw
+    try:
+        return validate_config(raw)  # now, even where only some requests use it (a LoRA load from a path)
+    except DownloadError as exc:
+        raise BadRequest(str(exc), status) from None
 
 
 def _progress_for(state: SidecarState, scheme: str) -> Progress:
@@ -122,7 +126,7 @@ AIBRIX_TUNING_KEYS = ("num_threads", "max_io_queue", "io_chunksize", "part_thres
 
 def aibrix_extra_config(raw: Any) -> tuple[dict[str, Any], FileFilter, TransferSettings]:
     """AIBrix's download_extra_config as our config, file filter and transfer settings (AIBrix's env fallbacks too)."""
-    extra = raw or {}
+    extra = {} if raw is None else raw  # false, 0, [] and "" are not objects
     if not isinstance(extra, dict):
         raise BadRequest("'download_extra_config' must be an object", 422)
     unknown = set(extra) - set(AIBRIX_CONFIG_KEYS) - set(AIBRIX_TUNING_KEYS) - {"allow_file_suffix", "force_download"}
@@ -200,7 +204,10 @@ def _aibrix_status(job: DownloadJob) -> str:
 
 
 async def aibrix_list(request: web.Request) -> web.Response:
-    root = Path(request.query.get("local_dir") or SidecarState.of(request).config.models_dir)
+    local_dir = request.query.get("local_dir", "")
+    if "\x00" in local_dir:
+        raise BadRequest("query parameter 'local_dir' holds a NUL character")
+    root = _resolve_dir(request, local_dir)  # relative to --models-dir, as for downloads
     SidecarState.of(request).allowed_roots.check(root, "local_dir")
     running = {job.output_dir: job for job in request.app[DOWNLOADS].all() if job.state == "running"}
     cards = []

@@ -32,7 +32,25 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if b"\\u0000" in raw and _has_nul(body):
+        raise BadRequest("the request body holds a NUL character (\\u0000); no field may contain one")
     return body
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string (key or value) in a decoded JSON document holds U+0000; iterative, so depth is no limit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def field_str(body: dict[str, Any], key: str, required: bool = True, status: int = 400) -> str | None:
