@@ -245,7 +245,7 @@ def cli(ctx: click.Context, version: bool) -> None:
 @click.option(
     "--max-scrape-bytes",
     type=click.IntRange(1024, 1 << 31),
-    default=16 * 1024 * 1024,
+    default=4 * 1024 * 1024,
     show_default=True,
     envvar="AIRUNTIME_MAX_SCRAPE_BYTES",
     help="Largest engine /metrics answer read; a bigger one fails the scrape (reason too_large).",

@@ -44,7 +44,7 @@ class ServeConfig:
     protect_metrics: bool = False  # /metrics needs the token too
     allowed_roots: tuple[str, ...] = ()  # when set, every path a request names must resolve inside one of them
     max_request_bytes: int = 1024 * 1024
-    max_scrape_bytes: int = 16 * 1024 * 1024
+    max_scrape_bytes: int = 4 * 1024 * 1024
     shutdown_timeout: float = 20.0
 
     def describe(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from runtime.metrics.self_metrics import SidecarMetrics
 log = logging.getLogger("airuntime.scrape")
 
 SCRAPE_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 16 * 1024  # small steps: /health never waits behind more than one of them
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class EngineScraper:
         api_key: str | None,
         metrics: SidecarMetrics,
         identity: EngineIdentity,
-        max_bytes: int = 16 * 1024 * 1024,
+        max_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._session = session
         self._max_bytes = max_bytes
