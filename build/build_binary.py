@@ -231,6 +231,7 @@ def nuitka_command(onefile_dir: str, jobs: int, lto: bool) -> list[str]:
         "--assume-yes-for-downloads",
         "--include-package=runtime",
         "--include-package-data=runtime.metrics",
+        "--include-package-data=runtime.server",  # openapi.json
         "--noinclude-setuptools-mode=nofollow",
         "--noinclude-pytest-mode=nofollow",
         "--noinclude-unittest-mode=nofollow",

@@ -71,10 +71,17 @@ class Manifest:
         )
 
     def save(self) -> None:
-        directory = meta_dir(self.root)
-        directory.mkdir(parents=True, exist_ok=True)
+        self.write(self.serialize())
+
+    def serialize(self) -> bytes:
+        """The manifest's bytes as of now (on the event loop); `write` can then run in a thread."""
         document = {
             "source": self.source,
             "files": {name: asdict(entry) for name, entry in sorted(self.entries.items())},
         }
-        write_atomically(directory / MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+
+    def write(self, data: bytes) -> None:
+        directory = meta_dir(self.root)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / MANIFEST_NAME, data)

@@ -176,6 +176,7 @@ class _Transfer:
         self._open_files = asyncio.Semaphore(max(4, settings.max_workers * 2))
         self._manifest = Manifest.load(root, backend.describe())
         self._last_save = 0.0
+        self._manifest_lock = asyncio.Lock()
 
     async def run(self, files: list[RemoteFile]) -> None:
         self._progress.files_total = len(files)
@@ -194,12 +195,12 @@ class _Transfer:
                     group.create_task(self._fetch_file(remote))
         except* Exception as failures:
             try:
-                self._manifest.save()  # the files that did complete count on the next run
+                await self._save_manifest()  # the files that did complete count on the next run
             except OSError as exc:  # a full disk, most likely: the first failure is the one to report
                 log.info("cannot save the manifest", extra={"fields": {"error": str(exc)}})
             raise _as_download_error(failures, self._root) from None
         try:
-            self._manifest.save()
+            await self._save_manifest()
         except OSError as exc:
             raise disk_error(exc, self._root) from None
 
@@ -276,7 +277,7 @@ class _Transfer:
         try:
             os.replace(partial, final)
             state_path.unlink(missing_ok=True)
-            _fsync_directory(final.parent)
+            await asyncio.to_thread(_fsync_directory, final.parent)
         except OSError as exc:
             raise disk_error(exc, final) from None
         self._manifest.record(remote, final, time.time())
@@ -284,7 +285,13 @@ class _Transfer:
         now = time.monotonic()
         if now - self._last_save > MANIFEST_SAVE_INTERVAL:
             self._last_save = now
-            self._manifest.save()
+            await self._save_manifest()
+
+    async def _save_manifest(self) -> None:
+        """Write the manifest (and fsync it) off the event loop: a busy disk must not stall /health."""
+        async with self._manifest_lock:
+            data = self._manifest.serialize()
+            await asyncio.to_thread(self._manifest.write, data)
 
     async def _fetch_part(
         self, remote: RemoteFile, fd: int, index: int, start: int, end: int, state: _PartState | None
@@ -316,7 +323,7 @@ class _Transfer:
                     )
                     await asyncio.sleep(delay)
         if state is not None:
-            state.mark_done(index)
+            await state.mark_done(index)
 
     def _retry_delay(self, exc: RetryableError, failures: int) -> float:
         """Exponential backoff with jitter; longer when throttled; a Retry-After honoured up to the cap."""
@@ -409,15 +416,19 @@ class _PartState:
         self._path = path
         self._header = {"size": remote.size, "etag": remote.etag, "part_size": part_size}
         self._done = set(done)
+        self._lock = asyncio.Lock()
 
     @property
     def done(self) -> set[int]:
         return self._done
 
-    def mark_done(self, index: int) -> None:
-        done = self._done | {index}
-        write_atomically(self._path, orjson.dumps({**self._header, "done": sorted(done)}))
-        self._done = done  # only once recorded on disk: `done` is what a re-run will resume
+    async def mark_done(self, index: int) -> None:
+        """Record a finished part; the write and its fsync run in a thread, one at a time."""
+        async with self._lock:
+            done = self._done | {index}
+            data = orjson.dumps({**self._header, "done": sorted(done)})
+            await asyncio.to_thread(write_atomically, self._path, data)
+            self._done = done  # only once recorded on disk: `done` is what a re-run will resume
 
 
 def _resumable_parts(partial: Path, state_path: Path, remote: RemoteFile, part_size: int) -> set[int]:

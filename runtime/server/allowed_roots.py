@@ -27,7 +27,10 @@ class AllowedRoots:
     def allows(self, path: str | Path) -> bool:
         if not self._roots:
             return True
-        resolved = os.path.realpath(path)
+        try:
+            resolved = os.path.realpath(path)
+        except (ValueError, OSError):  # a NUL byte, a path too long: never inside a root
+            return False
         return any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in self._roots)
 
     def check(self, path: str | Path, what: str) -> None:

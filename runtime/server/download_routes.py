@@ -7,6 +7,7 @@ request answers 200 only after every file is complete and verified; an asynchron
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -211,20 +212,50 @@ async def aibrix_list(request: web.Request) -> web.Response:
     SidecarState.of(request).allowed_roots.check(root, "local_dir")
     running = {job.output_dir: job for job in request.app[DOWNLOADS].all() if job.state == "running"}
     cards = []
-    if root.is_dir():
-        for manifest in sorted(root.glob(f"**/.airuntime/{MANIFEST_NAME}")):
-            model_root = manifest.parent.parent
-            try:
-                source = orjson.loads(manifest.read_bytes()).get("source", "")
-            except (OSError, orjson.JSONDecodeError):
-                source = ""
-            status = "downloading" if str(model_root) in running else "downloaded"
-            cards.append(_card(root, model_root, source, status))
+    for model_root, source in await asyncio.to_thread(find_models, root):
+        status = "downloading" if str(model_root) in running else "downloaded"
+        cards.append(_card(root, model_root, source, status))
     listed = {card["model_root_path"] for card in cards}
     for output_dir, job in running.items():
         if output_dir not in listed and Path(output_dir).is_relative_to(root):
             cards.append(_card(root, Path(output_dir), job.prepared.describe(), "downloading"))
     return json_response({"object": "list", "data": cards})
+
+
+LIST_MAX_DEPTH = 4  # ROOT/org/name/.airuntime/manifest.json is depth 3
+LIST_MAX_DIRS = 10_000  # a listing of `/` must not walk the whole filesystem
+
+
+def find_models(root: Path) -> list[tuple[Path, str]]:
+    """(model root, source) for every downloaded model under ROOT: a bounded walk that never follows symlinks,
+    run off the event loop."""
+    found: list[tuple[Path, str]] = []
+    pending = [(root, 0)]
+    visited = 0
+    while pending and visited < LIST_MAX_DIRS:
+        directory, depth = pending.pop()
+        visited += 1
+        manifest = directory / ".airuntime" / MANIFEST_NAME
+        if manifest.is_file():
+            try:
+                source = str(orjson.loads(manifest.read_bytes()).get("source", ""))
+            except (OSError, orjson.JSONDecodeError, AttributeError):
+                source = ""
+            found.append((directory, source))
+            continue
+        if depth >= LIST_MAX_DEPTH:
+            continue
+        try:
+            with os.scandir(directory) as entries:
+                children = [
+                    Path(entry.path)
+                    for entry in entries
+                    if entry.is_dir(follow_symlinks=False) and entry.name != ".airuntime"
+                ]
+        except OSError:
+            continue
+        pending.extend((child, depth + 1) for child in children)
+    return sorted(found)
 
 
 def _card(root: Path, model_root: Path, source: str, status: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from runtime.server.state import SidecarState
 
 log = logging.getLogger("airuntime.server")
 
+LISTEN_BACKLOG = 512  # 200 scrapers connecting at once must not overflow it (aiohttp's default is 128)
 CANCEL_RESERVE_MAX = 5.0  # seconds kept at the end of the drain to cancel and checkpoint what still runs
 
 
@@ -52,7 +53,7 @@ async def run_until_signalled(app: web.Application, sock: socket.socket, config:
     reserve = min(CANCEL_RESERVE_MAX, timeout * 0.25)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=reserve)
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
     await site.start()
     log.info("listening", extra={"fields": {"address": f"http://{config.host}:{config.port}"}})
 
@@ -102,7 +103,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise
