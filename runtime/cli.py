@@ -21,6 +21,7 @@ from runtime.config import (
     normalize_engine_url,
     normalize_path,
     normalize_roots,
+    public_url,
     resolve_api_token,
 )
 from runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -320,6 +321,8 @@ def serve(
         max_scrape_bytes=max_scrape_bytes,
         shutdown_timeout=shutdown_timeout,
     )
+    if config.engine_api_key and public_url(config.engine_url) != config.engine_url:
+        raise ConfigError("the engine URL carries a user/password and --engine-api-key is set; give only one")
     if protect_metrics and not config.api_token:
         raise ConfigError("--protect-metrics needs --api-token or --api-token-file")
     rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)

@@ -98,7 +98,8 @@ async def kthena_download(request: web.Request) -> web.Response:
     )
     async_download = field_bool(body, "async_download", False)
     job, joined = _start(request, download)
-    summary = {"source": source, "output_dir": str(download.local_dir), "job_id": job.id, "joined": joined}
+    shown = job.prepared.describe()  # never the raw source: it may carry a password or a signed query
+    summary = {"source": shown, "output_dir": str(download.local_dir), "job_id": job.id, "joined": joined}
     if async_download:
         message = "joined the download already running" if joined else "Model download started in background"
         return json_response({"status": "started", "message": message, **summary, "job": job.snapshot()}, 202)
