@@ -420,6 +420,30 @@ def download(
     )
 
 
+@cli.command()
+@click.argument("path", default="/health")
+@click.option("-P", "--port", type=click.IntRange(1, 65535), default=9000, show_default=True, envvar="AIRUNTIME_PORT")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the sidecar listens.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True)
+def probe(path: str, port: int, host: str, timeout: float) -> None:
+    """Exit 0 when the sidecar answers 200 on PATH (/health, /ready): an exec probe for distroless images and
+    loopback-only listeners, where the kubelet's httpGet cannot reach."""
+    import http.client
+
+    if not path.startswith("/"):
+        raise click.BadParameter("must start with /", param_hint="PATH")
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(f"http://{host}:{port}{path}: {exc or type(exc).__name__}") from None
+    finally:
+        connection.close()
+    if status != 200:
+        raise click.ClickException(f"http://{host}:{port}{path} answered HTTP {status}")
+
+
 @cli.group()
 def metrics() -> None:
     """Work with metric rewriting offline."""

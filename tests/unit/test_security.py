@@ -285,3 +285,18 @@ def test_token_settings_are_validated_and_masked(tmp_path: Path) -> None:
         lines = result.stderr.decode().strip().splitlines()
         assert result.returncode != 0 and len(lines) <= 2 and message in lines[-1], (args, lines)
         assert b"Traceback" not in result.stderr and TOKEN.encode() not in result.stderr
+
+
+def test_probe_command_for_loopback_only_listeners() -> None:
+    from tests.support.sidecar import free_port, sidecar_process
+    from tests.unit.test_cli import run_cli
+
+    with sidecar_process(["--engine-url", f"http://127.0.0.1:{free_port()}"]) as sidecar:
+        port = sidecar.url.rsplit(":", 1)[1]
+        assert run_cli(["probe", "--port", port]).returncode == 0
+        not_ready = run_cli(["probe", "/ready", "--port", port])
+        assert not_ready.returncode == 1
+        assert not_ready.stderr.decode().strip() == f"airuntime: error: http://127.0.0.1:{port}/ready answered HTTP 503"
+    refused = run_cli(["probe", "--port", port])
+    assert refused.returncode == 1 and len(refused.stderr.decode().strip().splitlines()) == 1
+    assert run_cli(["probe", "health", "--port", port]).returncode == 2
