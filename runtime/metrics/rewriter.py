@@ -10,6 +10,14 @@ Sample names are matched against the family they belong to, so counters keep `_t
 unified family (engine-version drift), the copies are held to the end of the scrape and only the preferred one is
 emitted. Lines that are not valid text exposition are dropped and counted.
 
+The contract, checked on arbitrary bytes by tests/unit/test_rewriter_fuzz.py and tests/fuzz/: `feed`/`finish` never
+raise; the output is UTF-8 that `promtool check metrics` and prometheus_client parse, however the input is chunked;
+every non-blank input line is kept (raw mode), or counted once in `invalid_lines` (not valid text exposition, or it
+would make the output invalid: a second HELP/TYPE of a family, a TYPE after the family's samples, a non-number `le`
+in a histogram), or counted once in `omitted_lines` (dropped on purpose: free comments, `# EOF`, `# UNIT`, `_created`
+samples). For that the rewriter keeps one thing per scrape besides the current family: the family names written so
+far, resolved the way promtool resolves `_sum/_count/_bucket` sample names to their family.
+
 Input is text format 0.0.4 (what engines serve for `Accept: text/plain;version=0.0.4`); OpenMetrics input is turned
 into valid 0.0.4 output where that is a line-level change: `# EOF`/`# UNIT` lines and exemplars are dropped,
 `_created` samples inside a family are dropped, and a counter's HELP/TYPE names get the `_total` of its samples.
@@ -25,22 +33,41 @@ from dataclasses import dataclass, field
 from runtime.metrics.rules import RuleSet, SourceRule
 
 _NAME = rb"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL = rb'[a-zA-Z_][a-zA-Z0-9_]*[ \t]*=[ \t]*"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
-_LABELS = rb"\{[ \t]*(?:" + _LABEL + rb"(?:[ \t]*,[ \t]*" + _LABEL + rb")*[ \t]*,?[ \t]*)?\}"
-_VALUE = rb"(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)|(?i:nan))"
+# Label names starting with `__` are reserved (promtool rejects `__name__`, prometheus_client every `__*`); a label
+# value escapes only backslash, quote and newline. No two adjacent parts of a pattern can match the same text, so a
+# failed match costs linear time even on a line of megabytes.
+_LABEL_NAME = rb"(?!__)[a-zA-Z_][a-zA-Z0-9_]*"
+_LABEL_VALUE = rb'[^"\\\n]*(?:\\[\\"n][^"\\\n]*)*'
+_LABEL = _LABEL_NAME + rb'[ \t]*=[ \t]*"' + _LABEL_VALUE + rb'"'
+_LABELS = rb"\{[ \t]*(?:" + _LABEL + rb"(?:[ \t]*,[ \t]*" + _LABEL + rb")*[ \t]*(?:,[ \t]*)?)?\}"
+_VALUE = rb"(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)|(?i:nan))"
 # A sample line. Groups: 1 the name, 2 labels+value+timestamp (the part a unified copy reuses), 3 the labels,
-# 4 a trailing `#...` (an OpenMetrics exemplar, checked apart).
+# 4 the value, 5 a trailing `#...` (an OpenMetrics exemplar, checked apart). A timestamp must fit an int64.
 _SAMPLE_RE = re.compile(
-    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])" + _VALUE + rb"(?:[ \t]+-?[0-9]+)?)[ \t]*(#.*)?"
+    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])(" + _VALUE + rb")(?:[ \t]+-?[0-9]{1,18})?)[ \t]*(#.*)?"
 )
 _VALUE_RE = re.compile(_VALUE)
+# A value that cannot overflow a float64 (at most 200 integer digits, a two-digit exponent): what a line seen before is
+# checked against; anything else takes the full check.
+_SAFE_VALUE_RE = re.compile(
+    rb"[+-]?(?:[0-9]{1,200}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?|[+-]?(?i:inf(?:inity)?)|(?i:nan)"
+)
+_LABEL_PAIR_RE = re.compile(rb"(" + _LABEL_NAME + rb')[ \t]*=[ \t]*"(' + _LABEL_VALUE + rb')"')
 _BODY_RE = re.compile(rb"(\{.*\})?([ \t]*)(" + _VALUE + rb")(.*)$", re.DOTALL)
 _LE_RE = re.compile(rb'((?:^|[{,])[ \t]*le[ \t]*=[ \t]*")([^"]*)(")')
 _EXEMPLAR_RE = re.compile(rb"#[ \t]*(?:\{.*)?")
 _COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?")
+_META_RE = re.compile(rb"#[ \t]+(?:HELP|TYPE)(?:[ \t]|$)")  # a HELP/TYPE line, valid or not
+_HELP_TEXT_RE = re.compile(rb"[^\\]*(?:\\[\\n][^\\]*)*")  # HELP escapes only backslash and newline
 
 _OPENMETRICS_ONLY_KINDS = {b"unknown", b"gaugehistogram", b"info", b"stateset"}
 _TEXT_KINDS = {b"counter", b"gauge", b"histogram", b"summary", b"untyped"}
+
+# Label values promtool parses as numbers, by the kind of the family a sample lands in; a sample whose label does not
+# parse is dropped. The bits are the flags a parsed sample carries (see _label_flags).
+_BAD_LE = 1
+_BAD_QUANTILE = 2
+_NUMERIC_LABELS = {b"histogram": _BAD_LE, b"summary": _BAD_QUANTILE}
 
 # For each kind: sample-name suffix (relative to the family name) -> suffix of the unified sample, or None to leave
 # the sample out of unified copies. Counters are keyed on the name without `_total`; see _member_map.
@@ -51,6 +78,12 @@ _HISTOGRAM_SUFFIXES: dict[bytes, bytes | None] = {
     b"_created": None,
 }
 _SUMMARY_SUFFIXES: dict[bytes, bytes | None] = {b"": b"", b"_sum": b"_sum", b"_count": b"_count", b"_created": None}
+# How promtool finds the family of a name it has not seen: `x_sum` of summary or histogram `x`, and so on.
+_RESOLVED_SUFFIXES: tuple[tuple[bytes, tuple[bytes, ...]], ...] = (
+    (b"_sum", (b"summary", b"histogram")),
+    (b"_count", (b"summary", b"histogram")),
+    (b"_bucket", (b"histogram",)),
+)
 
 
 @dataclass(slots=True)
@@ -69,22 +102,43 @@ class _Family:
     members: dict[bytes, bytes | None]
     rules: list[SourceRule]
     help_text: bytes | None = None
-    header_lines: list[bytes] = field(default_factory=list)  # raw HELP/TYPE, emitted with the first sample
+    help_line: bytes | None = None  # raw HELP and TYPE lines, emitted with the first sample
+    type_line: bytes | None = None
     has_samples: bool = False
     copies: list[_Copy] = field(default_factory=list)
+    copy_flags: int = 0  # label flags that rule a sample out of this family's unified copies
+
+
+@dataclass(slots=True)
+class _Written:
+    """A family as promtool sees it so far: its TYPE (None before any TYPE or sample) and whether it had a HELP."""
+
+    kind: bytes | None
+    helped: bool
+
+
+@dataclass(slots=True)
+class _HeldCopy:
+    """A unified family held to the end of the scrape (its target has several sources)."""
+
+    priority: int
+    kind: bytes
+    has_help: bool
+    names: tuple[bytes, ...]
+    lines: list[bytes]
 
 
 class RewriteCache:
     """What repeats from one scrape of an engine to the next, kept by the scraper across scrapes.
 
-    `samples` maps the text of a sample line before its value (`name{labels}`) to its name and labels, so a line
-    seen before is validated by checking only its value; `families` maps (name, kind) to the family's sample
-    names and rules; `comments` holds parsed HELP/TYPE lines. All are bounded: cleared when they outgrow
+    `samples` maps the text of a sample line before its value (`name{labels}`) to its name, labels and label flags,
+    so a line seen before is validated by checking only its value; `families` maps (name, kind) to the family's
+    sample names and rules; `comments` holds parsed HELP/TYPE lines. All are bounded: cleared when they outgrow
     `limit` entries.
     """
 
     def __init__(self, limit: int = 100_000) -> None:
-        self.samples: dict[bytes, tuple[bytes, bytes | None]] = {}
+        self.samples: dict[bytes, tuple[bytes, bytes | None, int]] = {}
         self.comments: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
         self.families: dict[tuple[bytes, bytes], tuple[dict[bytes, bytes | None], list[SourceRule]]] = {}
         self.limit = limit
@@ -110,12 +164,15 @@ class MetricsRewriter:
         self._keep_raw = keep_raw
         self._cache = cache if cache is not None else RewriteCache()
         self._out: list[bytes] = []
-        self._partial = b""
+        self._partial: list[bytes] = []  # the start of a line not yet ended by a newline
         self._family: _Family | None = None
         self._help: tuple[bytes, bytes, bytes] | None = None  # a HELP line (name, text, raw) waiting for its TYPE
         self._emitted_targets: set[bytes] = set()
-        self._pending: dict[bytes, tuple[int, list[bytes]]] = {}
+        self._pending: dict[bytes, _HeldCopy] = {}
+        self._written: dict[bytes, _Written] = {}  # families in the output so far, by name
+        self._last_sample = b""  # the last raw sample name recorded in _written
         self.invalid_lines = 0
+        self.omitted_lines = 0
         self.sample_lines = 0
         self.families_by_engine: Counter[str] = Counter()  # engine families recognised, per engine table
 
@@ -123,22 +180,30 @@ class MetricsRewriter:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
-        data = self._partial + chunk if self._partial else chunk
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        if cut:
-            self._lines(data[: cut - 1])
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            self._partial.append(chunk)  # joined once its line ends: no copying per chunk of a long line
+            return
+        block = chunk[: cut - 1]
+        if self._partial:
+            self._partial.append(block)
+            block = b"".join(self._partial)
+            self._partial = []
+        self._lines(block)
+        if cut < len(chunk):
+            self._partial.append(chunk[cut:])
 
     def finish(self) -> None:
         if self._partial:
-            self._lines(self._partial)
-            self._partial = b""
+            block = b"".join(self._partial)
+            self._partial = []
+            self._lines(block)
         self._close_help()
         self._end_family()
         for target in self._target_order:
             held = self._pending.pop(target, None)
             if held is not None:
-                self._out.extend(held[1])
+                self._emit_copy(target, held)
         self._cache.trim()
 
     def take(self) -> list[bytes]:
@@ -153,12 +218,16 @@ class MetricsRewriter:
     def _lines(self, block: bytes) -> None:
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        utf8 = block.isascii() or _is_utf8(block)
         out = self._out
         keep_raw = self._keep_raw
         known = self._cache.samples
-        value_ok = _VALUE_RE.fullmatch
+        value_ok = _SAFE_VALUE_RE.fullmatch
         for line in block.split(b"\n"):
             if not line:
+                continue
+            if not utf8 and not _is_utf8(line):
+                self.invalid_lines += 1
                 continue
             if line[0] == 0x23:  # '#'
                 self._comment(line)
@@ -166,26 +235,33 @@ class MetricsRewriter:
             cut = line.rfind(b" ")
             entry = known.get(line[:cut]) if cut > 0 else None
             if entry is not None and value_ok(line, cut + 1) is not None:
-                name, labels = entry
+                name, labels, flags = entry
             else:
                 parsed = self._parse_sample(line, cut)
                 if parsed is None:
                     continue
-                name, labels, line = parsed
+                name, labels, flags, line = parsed
             if self._help is not None:
                 self._close_help()
             family = self._family
             if family is None or name not in family.members:
                 self._end_family()
                 family = self._family = self._implicit_family(name)
-            self.sample_lines += 1
             out_suffix = family.members[name]
             if out_suffix is None and family.kind != b"untyped":
+                self.sample_lines += 1
+                self.omitted_lines += 1
                 continue  # an OpenMetrics `_created` sample inside its family: not text format 0.0.4
             if not family.has_samples:
                 family.has_samples = True
                 self._emit_raw_headers(family, name)
+            if flags and flags & (family.copy_flags | (self._numeric_labels(name) if keep_raw else 0)):
+                self.invalid_lines += 1  # e.g. `le="abc"`: promtool rejects the whole exposition
+                continue
+            self.sample_lines += 1
             if keep_raw:
+                if name != self._last_sample:
+                    self._record_sample(name)
                 out.append(line)
             if out_suffix is None or not family.copies:
                 continue
@@ -202,21 +278,25 @@ class MetricsRewriter:
                     copy_body = _converted(copy_body, out_suffix, copy.rule.divide_by)
                 copy.samples.append(copy.target_base + out_suffix + copy_body)
 
-    def _parse_sample(self, line: bytes, cut: int) -> tuple[bytes, bytes | None, bytes] | None:
-        """Validate a sample line not seen before: (name, labels, the line less any exemplar), or None."""
+    def _parse_sample(self, line: bytes, cut: int) -> tuple[bytes, bytes | None, int, bytes] | None:
+        """Validate a sample line not seen before: (name, labels, label flags, the line less any exemplar), or None."""
         match = _SAMPLE_RE.fullmatch(line)
-        if match is None:
+        if match is None or not _in_range(match.group(4)):
             self.invalid_lines += 1
             return None
-        name, labels, trailer = match.group(1), match.group(3), match.group(4)
+        name, labels, trailer = match.group(1), match.group(3), match.group(5)
+        flags = _label_flags(labels) if labels is not None else 0
+        if flags < 0:
+            self.invalid_lines += 1
+            return None
         if trailer is not None:
             if _EXEMPLAR_RE.fullmatch(trailer) is None:
                 self.invalid_lines += 1
                 return None
-            return name, labels, line[: match.end(2)]
-        if cut > 0 and match.end(2) == len(line) and _VALUE_RE.fullmatch(line, cut + 1) is not None:
-            self._cache.samples[line[:cut]] = (name, labels)  # `name{labels} VALUE`: the value alone varies
-        return name, labels, line
+            return name, labels, flags, line[: match.end(2)]
+        if cut > 0 and match.start(4) == cut + 1 and match.end(2) == len(line):
+            self._cache.samples[line[:cut]] = (name, labels, flags)  # `name{labels} VALUE`: the value alone varies
+        return name, labels, flags, line
 
     def _comment(self, line: bytes) -> None:
         comments = self._cache.comments
@@ -224,13 +304,19 @@ class MetricsRewriter:
             parsed = comments[line]
         else:
             match = _COMMENT_RE.fullmatch(line)
-            parsed = comments[line] = (match.group(1), match.group(2), match.group(3) or b"") if match else None
+            parsed = (match.group(1), match.group(2), match.group(3) or b"") if match else None
+            if parsed is not None and parsed[0] == b"HELP" and _HELP_TEXT_RE.fullmatch(parsed[2]) is None:
+                parsed = None  # an escape promtool rejects
+            comments[line] = parsed
         if parsed is None:
-            if line.startswith((b"# HELP", b"# TYPE")):
+            if _META_RE.match(line):
                 self.invalid_lines += 1
-            return  # free comments and `# EOF` carry no samples
+            else:
+                self.omitted_lines += 1  # free comments and `# EOF` carry no samples
+            return
         keyword, name, rest = parsed
         if keyword == b"UNIT":
+            self.omitted_lines += 1
             return
         if keyword == b"HELP":
             self._close_help()
@@ -239,17 +325,17 @@ class MetricsRewriter:
         kind = rest.strip().lower()
         if kind in _OPENMETRICS_ONLY_KINDS:
             kind = b"untyped"
-        elif kind not in _TEXT_KINDS:
-            self.invalid_lines += 1
+        elif kind not in _TEXT_KINDS or (kind == b"counter" and name == b"_total"):
+            self.invalid_lines += 1  # a counter named `_total` has an empty family name (prometheus_client rejects it)
             return
         help_line = self._help
         self._help = None
         family = self._family
         if help_line is None and family is not None and family.name == name and not family.has_samples:
-            if family.kind != b"untyped" or family.help_text is None:  # a second TYPE for one family
+            if family.type_line is not None or family.help_line is None:  # a second TYPE for one family
                 self.invalid_lines += 1
                 return
-            help_line = (name, family.help_text, family.header_lines[0])  # TYPE after HELP and free comments
+            help_line = (name, family.help_text or b"", family.help_line)  # TYPE after HELP and free comments
             self._family = None
         elif help_line is not None and help_line[0] != name:
             self._help = help_line
@@ -259,8 +345,8 @@ class MetricsRewriter:
         family = self._family = self._new_family(name, kind)
         if help_line is not None:
             family.help_text = help_line[1]
-            family.header_lines.append(help_line[2])
-        family.header_lines.append(line if rest == kind else b"# TYPE %s %s" % (name, kind))
+            family.help_line = help_line[2]
+        family.type_line = line if rest == kind else b"# TYPE %s %s" % (name, kind)
 
     def _close_help(self) -> None:
         """A HELP line not followed by its TYPE opens an untyped family of its own."""
@@ -270,14 +356,14 @@ class MetricsRewriter:
         self._help = None
         name, text, raw = help_line
         family = self._family
-        if family is not None and family.name == name and not family.has_samples and family.help_text is None:
+        if family is not None and family.name == name and not family.has_samples and family.help_line is None:
             family.help_text = text  # TYPE came first
-            family.header_lines.insert(0, raw)
+            family.help_line = raw
             return
         self._end_family()
         family = self._family = self._new_family(name, b"untyped")
         family.help_text = text
-        family.header_lines.append(raw)
+        family.help_line = raw
 
     # -- families --------------------------------------------------------------------------------------------
     def _new_family(self, name: bytes, kind: bytes) -> _Family:
@@ -290,13 +376,19 @@ class MetricsRewriter:
         family = _Family(name=name, kind=kind, members=members, rules=rules)
         if rules:
             family.copies = [_Copy(rule=rule, target_base=_target_base(rule)) for rule in rules if self._wanted(rule)]
+            for copy in family.copies:
+                family.copy_flags |= _NUMERIC_LABELS.get(_copy_kind(family, copy), 0)
         return family
 
     def _implicit_family(self, sample_name: bytes) -> _Family:
         """A family met through a sample with no HELP/TYPE before it: typed by the rule that claims it, if any."""
         rules = self._rules_by_source.get(sample_name)
         if rules:
-            return self._new_family(sample_name, rules[0].kind.encode())
+            family = self._new_family(sample_name, rules[0].kind.encode())
+            if sample_name in family.members:
+                return family
+            # A bare sample named as a histogram source is no member of that histogram: an untyped family.
+            return self._new_family(sample_name, b"untyped")
         for suffix in (b"_bucket", b"_sum", b"_count", b"_created"):
             if sample_name.endswith(suffix):
                 base = sample_name[: -len(suffix)]
@@ -311,45 +403,158 @@ class MetricsRewriter:
             return False
         return not (self._keep_raw and rule.source == rule.target)
 
-    def _emit_raw_headers(self, family: _Family, first_sample: bytes) -> None:
-        if not self._keep_raw or not family.header_lines:
+    def _emit_raw_headers(self, family: _Family, first_sample: bytes | None) -> None:
+        help_line, type_line = family.help_line, family.type_line
+        family.help_line = family.type_line = None
+        if not self._keep_raw or (help_line is None and type_line is None):
             return
-        headers = family.header_lines
-        if family.kind == b"counter" and not family.name.endswith(b"_total") and first_sample.endswith(b"_total"):
+        name = family.name
+        if (
+            family.kind == b"counter"
+            and first_sample is not None
+            and not name.endswith(b"_total")
+            and first_sample.endswith(b"_total")
+        ):
             # OpenMetrics names the counter family without `_total`; text 0.0.4 names it as its samples.
-            headers = [h.replace(b" " + family.name + b" ", b" " + first_sample + b" ", 1) for h in headers]
-        self._out.extend(headers)
-        family.header_lines = []
+            name = first_sample
+            if help_line is not None:
+                help_line = b"# HELP " + name + (b" " + family.help_text if family.help_text else b"")
+            if type_line is not None:
+                type_line = b"# TYPE " + name + b" counter"
+        if help_line is not None:
+            if self._record_header(name, None):
+                self._out.append(help_line)
+            else:
+                self.invalid_lines += 1  # a second HELP for a family already written
+        if type_line is not None:
+            if self._record_header(name, family.kind):
+                self._out.append(type_line)
+            else:
+                self.invalid_lines += 1  # a second TYPE, or a TYPE after the family's samples
 
     def _end_family(self) -> None:
         family = self._family
         if family is None:
             return
         self._family = None
-        if family.header_lines and self._keep_raw and not family.has_samples:
-            self._out.extend(family.header_lines)
+        if not family.has_samples:
+            self._emit_raw_headers(family, None)
         if family.has_samples and family.copies:
             self.families_by_engine.update({copy.rule.engine for copy in family.copies})
         for copy in family.copies:
             if not copy.samples:
                 continue
             target = copy.rule.target.encode()
-            kind = family.kind if family.kind != b"untyped" else copy.rule.kind.encode()
             lines = []
             if family.help_text is not None:
                 help_text = family.help_text
                 if copy.rule.divide_by is not None:
                     help_text += b" [unit converted by airuntime: engine values divided by %g]" % copy.rule.divide_by
                 lines.append(b"# HELP %s %s" % (target, help_text))
+            kind = _copy_kind(family, copy)
             lines.append(b"# TYPE %s %s" % (target, kind))
             lines.extend(copy.samples)
+            names = tuple({copy.target_base + suffix for suffix in family.members.values() if suffix is not None})
+            held = _HeldCopy(copy.rule.priority, kind, family.help_text is not None, names, lines)
             if copy.rule.contested:
-                held = self._pending.get(target)
-                if held is None or copy.rule.priority < held[0]:
-                    self._pending[target] = (copy.rule.priority, lines)
+                pending = self._pending.get(target)
+                if pending is None or copy.rule.priority < pending.priority:
+                    self._pending[target] = held
             elif target not in self._emitted_targets:
                 self._emitted_targets.add(target)
-                self._out.extend(lines)
+                self._emit_copy(target, held)
+
+    # -- what the output holds so far, as promtool reads it ---------------------------------------------------
+    def _resolve(self, name: bytes) -> _Written | None:
+        """The family promtool files `name` under (HELP, TYPE or sample), if it is in the output already."""
+        written = self._written
+        found = written.get(name)
+        if found is not None:
+            return found
+        for suffix, kinds in _RESOLVED_SUFFIXES:
+            if name.endswith(suffix):
+                found = written.get(name[: -len(suffix)])
+                if found is not None and found.kind in kinds:
+                    return found
+        return None
+
+    def _record_header(self, name: bytes, kind: bytes | None) -> bool:
+        """Record a HELP (kind None) or TYPE line about to be written; False if promtool would reject it."""
+        found = self._resolve(name)
+        if found is None:
+            self._written[name] = _Written(kind=kind, helped=kind is None)
+            return True
+        if kind is None:
+            if found.helped:
+                return False
+            found.helped = True
+            return True
+        if found.kind is not None:
+            return False
+        found.kind = kind
+        return True
+
+    def _record_sample(self, name: bytes) -> None:
+        self._last_sample = name
+        found = self._resolve(name)
+        if found is None:
+            self._written[name] = _Written(kind=b"untyped", helped=False)
+        elif found.kind is None:
+            found.kind = b"untyped"  # a sample types its family: a TYPE after it is an error
+
+    def _numeric_labels(self, name: bytes) -> int:
+        """Label flags that rule out a raw sample named `name`: `le` in a histogram, `quantile` in a summary."""
+        found = self._resolve(name)
+        return _NUMERIC_LABELS.get(found.kind, 0) if found is not None and found.kind is not None else 0
+
+    def _emit_copy(self, target: bytes, held: _HeldCopy) -> None:
+        """Write a unified family, unless one of its names is taken by a family the output already holds."""
+        if any(self._resolve(name) is not None for name in (target, *held.names)):
+            return
+        self._written[target] = _Written(kind=held.kind, helped=held.has_help)
+        for name in held.names:
+            if self._resolve(name) is None:
+                self._written[name] = _Written(kind=b"untyped", helped=False)
+        self._out.extend(held.lines)
+
+
+def _copy_kind(family: _Family, copy: _Copy) -> bytes:
+    return family.kind if family.kind != b"untyped" else copy.rule.kind.encode()
+
+
+def _is_utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _in_range(value: bytes) -> bool:
+    """False for a number too large for a float64 (`1e999`): promtool rejects it, Python would read infinity."""
+    if _SAFE_VALUE_RE.fullmatch(value) is not None:
+        return True
+    try:
+        number = float(value)
+    except ValueError:  # pragma: no cover - the text matched _VALUE
+        return False
+    return not math.isinf(number)
+
+
+def _label_flags(labels: bytes) -> int:
+    """-1 for a label name given twice; else _BAD_LE/_BAD_QUANTILE for an `le`/`quantile` that is not a number."""
+    flags = 0
+    seen: set[bytes] = set()
+    for pair in _LABEL_PAIR_RE.finditer(labels):
+        label = pair.group(1)
+        if label in seen:
+            return -1
+        seen.add(label)
+        if label == b"le" or label == b"quantile":
+            value = pair.group(2)
+            if _VALUE_RE.fullmatch(value) is None or not _in_range(value):
+                flags |= _BAD_LE if label == b"le" else _BAD_QUANTILE
+    return flags
 
 
 def _counter_base(name: bytes) -> bytes:
