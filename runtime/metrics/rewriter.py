@@ -78,12 +78,8 @@ _HISTOGRAM_SUFFIXES: dict[bytes, bytes | None] = {
     b"_created": None,
 }
 _SUMMARY_SUFFIXES: dict[bytes, bytes | None] = {b"": b"", b"_sum": b"_sum", b"_count": b"_count", b"_created": None}
-# How promtool finds the family of a name it has not seen: `x_sum` of summary or histogram `x`, and so on.
-_RESOLVED_SUFFIXES: tuple[tuple[bytes, tuple[bytes, ...]], ...] = (
-    (b"_sum", (b"summary", b"histogram")),
-    (b"_count", (b"summary", b"histogram")),
-    (b"_bucket", (b"histogram",)),
-)
+# promtool files `x_sum`/`x_count` under a summary or histogram `x`, and `x_bucket` under a histogram `x`.
+_SUMMARY_OR_HISTOGRAM = (b"summary", b"histogram")
 
 
 @dataclass(slots=True)
@@ -170,7 +166,7 @@ class MetricsRewriter:
         self._emitted_targets: set[bytes] = set()
         self._pending: dict[bytes, _HeldCopy] = {}
         self._written: dict[bytes, _Written] = {}  # families in the output so far, by name
-        self._last_sample = b""  # the last raw sample name recorded in _written
+        self._recorded: set[bytes] = set()  # raw sample names recorded in _written (recording again changes nothing)
         self.invalid_lines = 0
         self.omitted_lines = 0
         self.sample_lines = 0
@@ -222,6 +218,7 @@ class MetricsRewriter:
         out = self._out
         keep_raw = self._keep_raw
         known = self._cache.samples
+        recorded = self._recorded
         value_ok = _SAFE_VALUE_RE.fullmatch
         for line in block.split(b"\n"):
             if not line:
@@ -260,7 +257,7 @@ class MetricsRewriter:
                 continue
             self.sample_lines += 1
             if keep_raw:
-                if name != self._last_sample:
+                if name not in recorded:
                     self._record_sample(name)
                 out.append(line)
             if out_suffix is None or not family.copies:
@@ -471,12 +468,16 @@ class MetricsRewriter:
         found = written.get(name)
         if found is not None:
             return found
-        for suffix, kinds in _RESOLVED_SUFFIXES:
-            if name.endswith(suffix):
-                found = written.get(name[: -len(suffix)])
-                if found is not None and found.kind in kinds:
-                    return found
-        return None
+        if name.endswith(b"_bucket"):
+            found = written.get(name[:-7])
+            return found if found is not None and found.kind == b"histogram" else None
+        if name.endswith(b"_sum"):
+            found = written.get(name[:-4])
+        elif name.endswith(b"_count"):
+            found = written.get(name[:-6])
+        else:
+            return None
+        return found if found is not None and found.kind in _SUMMARY_OR_HISTOGRAM else None
 
     def _record_header(self, name: bytes, kind: bytes | None) -> bool:
         """Record a HELP (kind None) or TYPE line about to be written; False if promtool would reject it."""
@@ -495,7 +496,7 @@ class MetricsRewriter:
         return True
 
     def _record_sample(self, name: bytes) -> None:
-        self._last_sample = name
+        self._recorded.add(name)
         found = self._resolve(name)
         if found is None:
             self._written[name] = _Written(kind=b"untyped", helped=False)
