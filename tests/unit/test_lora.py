@@ -25,14 +25,6 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-async def vllm() -> AsyncIterator[VllmLoraEngine]:
-    engine = VllmLoraEngine()
-    await engine.start()
-    yield engine
-    await engine.close()
-
-
-@pytest.fixture
 async def client(vllm: VllmLoraEngine, tmp_path: Path) -> AsyncIterator[Client]:
     client = await sidecar_client(make_config(vllm.url, engine="vllm", adapters_dir=str(tmp_path / "adapters")))
     yield client

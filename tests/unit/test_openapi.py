@@ -66,14 +66,6 @@ async def assert_conforms(response: Any, method: str, path: str) -> Any:
 
 
 @pytest.fixture
-async def vllm() -> AsyncIterator[VllmLoraEngine]:
-    engine = VllmLoraEngine()
-    await engine.start()
-    yield engine
-    await engine.close()
-
-
-@pytest.fixture
 async def client(vllm: VllmLoraEngine, tmp_path: Path) -> AsyncIterator[Client]:
     config = make_config(
         vllm.url,
