@@ -193,7 +193,7 @@ class _Transfer:
             async with asyncio.TaskGroup() as group:
                 for remote in pending:
                     group.create_task(self._fetch_file(remote))
-        except* Exception as failures:
+        except Exception as failures:  # a TaskGroup's ExceptionGroup, or a plain error around it
             try:
                 await self._save_manifest()  # the files that did complete count on the next run
             except OSError as exc:  # a full disk, most likely: the first failure is the one to report
@@ -259,7 +259,7 @@ class _Transfer:
                     if index not in done:
                         group.create_task(self._fetch_part(remote, fd, index, start, end, state))
             await asyncio.to_thread(os.fsync, fd)
-        except* Exception as failures:
+        except Exception as failures:  # a TaskGroup's ExceptionGroup, or a plain error around it
             os.close(fd)
             fd = -1
             if not (state is not None and state.done):  # nothing a re-run could resume: do not leave it behind
@@ -378,9 +378,10 @@ class _ChecksumMismatch(Exception):
     pass
 
 
-def _as_download_error(failures: BaseExceptionGroup[Exception], path: Path) -> Exception:
+def _as_download_error(failures: Exception, path: Path) -> Exception:
     """The first failure inside (nested) task groups, as a DownloadError when it is a disk problem (at `path` when
-    the error does not name a file)."""
+    the error does not name a file). Callers use plain `except`, not `except*`: an exception raised inside an
+    `except*` clause comes out wrapped in a new group when compiled by Nuitka, unlike CPython."""
     first: BaseException = failures
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
