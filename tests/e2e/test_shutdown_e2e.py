@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,8 @@ def test_a_second_signal_exits_at_once(server: SlowFileServer, tmp_path: Path) -
         sidecar.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert sidecar.proc.poll() is None, "the first signal must drain, not exit"
+        with pytest.raises(urllib.error.URLError):  # draining: the listening socket is closed
+            urllib.request.urlopen(f"{sidecar.url}/health", timeout=2)
         code, took = stop(sidecar, signal.SIGINT, limit=5)
     assert code == 128 + signal.SIGINT
     assert took < 1.0
