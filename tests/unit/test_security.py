@@ -15,18 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support.exposition import sample_values
-from tests.support.fake_engine import MINIMAL_VLLM_PAYLOAD, FakeEngine
+from tests.support.fake_engine import FakeEngine
 from tests.support.lora_engines import VllmLoraEngine, make_adapter
 from tests.unit.test_server import make_config, sidecar_client
 
 TOKEN = "tok-3f9c1e7a-SECRET"
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-def engine() -> Any:
-    with FakeEngine(MINIMAL_VLLM_PAYLOAD) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -43,12 +43,6 @@ def make_config(engine_url: str, **overrides: Any) -> ServeConfig:
     }
     values.update(overrides)
     return ServeConfig(**values)
-
-
-@pytest.fixture
-def engine() -> Iterator[FakeEngine]:
-    with FakeEngine(MINIMAL_VLLM_PAYLOAD) as fake:
-        yield fake
 
 
 async def sidecar_client(config: ServeConfig) -> TestClient[web.Request, web.Application]:
