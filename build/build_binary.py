@@ -1,8 +1,8 @@
 """Build `dist/airuntime`: one onefile executable made by Nuitka from the project's venv.
 
-Run by `make binary` with the venv's Python (`.venv/bin/python build/build_binary.py`). From a clean clone it needs
-only the package registries: it installs the pinned Nuitka (and zstandard, for the compressed payload) into the venv
-when missing, and Debian's `patchelf` and `ccache` when missing and running as root.
+Run by `make binary` with the venv's Python (`.venv/bin/python build/build_binary.py`). Nuitka and zstandard (for
+the compressed payload) come from requirements.lock through `make venv`; Debian's `patchelf` and `ccache` are
+installed when missing and running as root.
 
 What it does, in order:
 1. writes `runtime/_build_stamp.py` (git commit, UTC build date) so `airuntime --version` tells which build it is;
@@ -37,9 +37,14 @@ OUT = REPO / "build" / "out"
 DIST = REPO / "dist"
 STAMP_FILE = REPO / "runtime" / "_build_stamp.py"
 
-# Pinned: Nuitka's per-package configuration (what it includes for aiohttp, uvloop, ...) depends on its version.
+# Pinned (pyproject's build extra, requirements.lock): Nuitka's per-package configuration (what it includes for
+# aiohttp, uvloop, ...) and the onefile bootstrap that build/onefile_patch.py patches depend on its version.
 NUITKA_VERSION = "4.3.3"
-ZSTANDARD_VERSION = "0.25.0"
+
+# Packages that import their own submodules by name at run time (a module-level __getattr__ over a table), which
+# Nuitka's import tracing cannot see: included whole. filelock 4.3 loads filelock._soft._exclusive this way; a
+# fresh build without it failed every Hub download with "No module named 'filelock._soft._exclusive'".
+INCLUDE_WHOLE = ["filelock"]
 
 # Left out of the payload: test suites of the dependencies, things airuntime never imports at run time, and
 # packages the sidecar will not use even when installed beside it (hf_xet: huggingface_hub falls back to HTTP).
@@ -162,16 +167,14 @@ def ensure_debian_tools(use_ccache: bool) -> None:
 
 
 def ensure_nuitka() -> None:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    if version("nuitka") == NUITKA_VERSION and version("zstandard") == ZSTANDARD_VERSION:
-        return
-    log(f"installing nuitka=={NUITKA_VERSION} zstandard=={ZSTANDARD_VERSION} into {sys.prefix}")
-    run([sys.executable, "-m", "pip", "install", "-q", f"nuitka=={NUITKA_VERSION}", f"zstandard=={ZSTANDARD_VERSION}"])
+    """Nuitka comes from the lock file (`make venv`), like everything else that goes into the binary."""
+    try:
+        found = importlib.metadata.version("nuitka")
+    except importlib.metadata.PackageNotFoundError:
+        found = None
+    if found != NUITKA_VERSION:
+        log(f"nuitka {found or 'missing'} in {sys.prefix}, want {NUITKA_VERSION} (from requirements.lock): run make venv")
+        sys.exit(1)
 
 
 def git_commit() -> str:
@@ -249,6 +252,7 @@ def nuitka_command(onefile_dir: str, jobs: int, lto: bool) -> list[str]:
     ]
     if os.environ.get("AIRUNTIME_BUILD_VERBOSE"):
         cmd.remove("--quiet")
+    cmd += [f"--include-package={name}" for name in INCLUDE_WHOLE]
     cmd += [f"--nofollow-import-to={name}" for name in NOFOLLOW]
     cmd.append(str(REPO / "build" / "entry.py"))
     return cmd
