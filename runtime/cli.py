@@ -369,7 +369,7 @@ def serve(
     "--config",
     "config_json",
     default=None,
-    help="JSON object: hf_token hf_endpoint access_key secret_key endpoint region addressing_style verify_md5.",
+    help="JSON object: hf_token hf_endpoint ms_token ms_endpoint access_key secret_key endpoint region ...",
 )
 @click.option("--download-extra-config", default=None, help="AIBrix JSON: ak sk endpoint region hf_token ...")
 @click.option("--force", is_flag=True, envvar="DOWNLOADER_FORCE_DOWNLOAD", help="Fetch every file again.")

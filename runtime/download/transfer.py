@@ -1,7 +1,8 @@
 """The transfer engine: from a backend's file list to complete, verified files in the target directory.
 
-- Large files are split into ranged parts fetched in parallel; small files are fetched concurrently; one semaphore
-  bounds all of it (`max_workers`). Bytes stream to disk through `pwrite` at their offset: memory stays bounded.
+- Large files are split into ranged parts fetched in parallel (unless the source marks a file as not `ranged`);
+  small files are fetched concurrently; one semaphore bounds all of it (`max_workers`). Bytes stream to disk
+  through `pwrite` at their offset: memory stays bounded.
 - A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
   or git blob id when the source gives one) and only then renamed to its final name.
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
@@ -237,8 +238,9 @@ class _Transfer:
         partial = partial_path(self._root, remote.path)
         state_path = partial.with_name(partial.name + ".json")
         final.parent.mkdir(parents=True, exist_ok=True)
-        parts = _split(remote.size, self._settings.part_size)
-        done = _resumable_parts(partial, state_path, remote, self._settings.part_size)
+        part_size = self._settings.part_size if remote.ranged else max(remote.size, 1)
+        parts = _split(remote.size, part_size)
+        done = _resumable_parts(partial, state_path, remote, part_size)
         if done:
             resumed = sum(end - start for index, (start, end) in enumerate(parts) if index in done)
             self._progress.bytes_done += resumed
@@ -249,7 +251,7 @@ class _Transfer:
             raise disk_error(exc, partial) from None
         try:
             os.ftruncate(fd, remote.size)
-            state = _PartState(state_path, remote, self._settings.part_size, done) if len(parts) > 1 else None
+            state = _PartState(state_path, remote, part_size, done) if len(parts) > 1 else None
             place = getattr(self._backend, "place_file", None)  # a local source copies inside the kernel
             if place is not None and not done and await place(remote, fd):
                 parts = []

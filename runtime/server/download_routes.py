@@ -164,7 +164,7 @@ def aibrix_model_name(model_uri: str, model_name: str | None) -> str:
     if model_name:
         return model_name
     spec = parse_source(model_uri)
-    if spec.scheme == "hf":
+    if spec.scheme in ("hf", "ms"):
         return spec.location
     tail = (spec.prefix or spec.location).rstrip("/").rsplit("/", 1)[-1]
     return tail.removesuffix(".git") or spec.location
