@@ -44,7 +44,8 @@ Faults (thread-safe; each request uses up at most one: the first added fault tha
 on ``server`` (api|storage), ``method``, the URL-decoded path (exact or `fnmatch`) and ``file`` (FilePath on the
 API, the repo path a storage object was signed for)): `fail_next` (status with optional Retry-After), `cut_next`
 (``after_bytes`` of the body, then the connection closes), `stall_next` (sleep ``seconds`` before answering or after
-``after_bytes``), `corrupt_next` (one byte of the body flipped). Every request lands in `requests`.
+``after_bytes``), `corrupt_next` (one byte of the body flipped), `expire_next` (the redirect of an LFS download
+points at an already expired URL). Every request lands in `requests`.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class RequestRecord:
 
 @dataclasses.dataclass
 class _Fault:
-    kind: str  # fail | cut | stall | corrupt
+    kind: str  # fail | cut | stall | corrupt | expire
     pattern: str
     server: str | None
     method: str | None
@@ -367,7 +368,8 @@ class _MsApp:
         if file is None:
             raise _ApiError(404, f"File {request.query.get('FilePath')} does not exist in revision {commit}")
         if file.is_lfs:
-            return web.Response(status=302, headers={"Location": self.presign(repo.repo_id, file)})
+            expired = int(time.time()) - 60 if fault is not None and fault.kind == "expire" else None
+            return web.Response(status=302, headers={"Location": self.presign(repo.repo_id, file, expires=expired)})
         headers = {
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{quote(file.path.rsplit("/", 1)[-1])}"',
@@ -631,3 +633,7 @@ class ModelScopeEmulator(ThreadedServer):
 
     def corrupt_next(self, pattern: str, times: int = 1, **match: Any) -> None:
         self._add("corrupt", pattern, times, **match)
+
+    def expire_next(self, pattern: str, times: int = 1, **match: Any) -> None:
+        """The next redirects (API download of an LFS file) point at presigned URLs that have already expired."""
+        self._add("expire", pattern, times, **match)
