@@ -3,7 +3,7 @@ OSS-like object store on a second port for the presigned URLs that LFS downloads
 
 Written from the sources of `modelscope-hub` 0.5.1 (`_legacy_api.py`, `_download.py`, `errors.py`, `config.py`,
 `constants.py`) and the legacy `modelscope` SDK as summarised in shared/research/modelscope.md; kept honest by
-tests/peers/selftest_modelscope_emulator.py, which downloads from it with the official `modelscope-hub` client::
+tests/peers/test_selftest_modelscope_emulator.py, which downloads from it with the official `modelscope-hub` client::
 
     with ModelScopeEmulator() as ms:                     # 127.0.0.1, free ports, own loop on a daemon thread
         commit = ms.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": big})
@@ -477,10 +477,11 @@ async def _send(
     if request.method == "HEAD":
         await response.write_eof()
         return response
-    body = data[start:end]
+    body: bytes | memoryview = memoryview(data)[start:end]  # no copy: the bench serves GiB files from here
     if fault is not None and fault.kind == "corrupt" and body:
-        middle = len(body) // 2
-        body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+        flipped = bytearray(body)
+        flipped[len(flipped) // 2] ^= 0xFF
+        body = bytes(flipped)
     limit = min(len(body), fault.after_bytes) if fault is not None and fault.kind == "cut" else len(body)
     stall_at = fault.after_bytes if fault is not None and fault.kind == "stall" else None
     position = 0
@@ -637,3 +638,23 @@ class ModelScopeEmulator(ThreadedServer):
     def expire_next(self, pattern: str, times: int = 1, **match: Any) -> None:
         """The next redirects (API download of an LFS file) point at presigned URLs that have already expired."""
         self._add("expire", pattern, times, **match)
+
+
+def _main() -> None:  # pragma: no cover - used by bench/download_bench.py and for debugging
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Serve a directory as one ModelScope model repo.")
+    parser.add_argument("repo_id")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with ModelScopeEmulator(args.port) as ms:
+        commit = ms.add_repo(args.repo_id, args.directory)
+        print(json.dumps({"endpoint": ms.endpoint, "repo_id": args.repo_id, "commit": commit}), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    _main()
