@@ -182,6 +182,7 @@ class _MsApp:
         self.lock = threading.Lock()
         self.repos: dict[str, _Repo] = {}
         self.blobs: dict[str, bytes] = {}  # sha256 -> content (LFS objects in the store)
+        self.etags: dict[str, str] = {}  # sha256 -> the store's ETag (MD5, upper case, as OSS gives it)
         self.faults: list[_Fault] = []
         self.log: list[RequestRecord] = []
         self.incomplete: set[int] = set()
@@ -400,11 +401,11 @@ class _MsApp:
         parts = path.split("/")
         with self.lock:
             data = self.blobs.get(parts[4]) if len(parts) > 5 else None
+            etag = self.etags.get(parts[4], "")
         if data is None:
             return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
-        md5 = hashlib.md5(data).hexdigest().upper()
         headers = {
-            "ETag": f'"{md5}"',
+            "ETag": f'"{etag}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT",
@@ -581,6 +582,7 @@ class ModelScopeEmulator(ThreadedServer):
             repo.refs[revision] = commit
             (repo.tags.add if tag else repo.tags.discard)(revision)
             self._app.blobs.update({f.sha256: f.data for f in entries.values() if f.is_lfs})
+            self._app.etags.update({f.sha256: hashlib.md5(f.data).hexdigest().upper() for f in entries.values() if f.is_lfs})
         return commit
 
     def file(self, repo_id: str, path: str, revision: str = "master") -> MsFile:
