@@ -26,7 +26,8 @@ What is emulated (`{id}` is `owner/name`, never URL-encoded, as the SDKs send it
   ``Revision`` (commit), ``Mode``, ``CommitMessage``, ``CommittedDate``, ``CommitterName``, ``InCheck``), directory
   (tree) entries included, sorted by path, **silently cut at 3,000 entries** (``listing_cap``) with no total and no
   flag, ignoring any paging parameter, as `modelscope-hub` documents the real server. ``Root`` scopes the listing to
-  a directory (paths stay repo-relative); a missing ``Root`` or revision is 404.
+  a directory (paths stay repo-relative); a missing ``Root`` or revision is 404. ``unknown_sizes=True`` lists LFS
+  files with ``Size: 0``, which the real listing may do ("0 both for empty files and for unknown sizes").
 * ``GET|HEAD /api/v1/models/{id}/repo?Revision=&FilePath=``: a non-LFS file is served inline with 200, **ignoring
   Range** ("files served without a redirect ignore Range entirely"); an LFS file (above ``lfs_threshold`` or
   matching ``lfs_patterns``) answers 302 to a presigned URL on the storage port (OSS V1 style:
@@ -177,6 +178,7 @@ class _MsApp:
         self.listing_cap: int = options["listing_cap"]
         self.url_ttl: float = options["url_ttl"]
         self.accept_bearer: bool = options["accept_bearer"]
+        self.unknown_sizes: bool = options["unknown_sizes"]
         self.valid_tokens: set[str] = set(options["valid_tokens"])
         self.secret = uuid.uuid4().bytes
         self.lock = threading.Lock()
@@ -359,7 +361,7 @@ class _MsApp:
             return path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
 
         entries = [_tree_entry(d, commit) for d in dirs if inside(d)]
-        entries += [_blob_entry(f) for p, f in files.items() if inside(p)]
+        entries += [_blob_entry(f, self.unknown_sizes) for p, f in files.items() if inside(p)]
         entries.sort(key=lambda entry: entry["Path"])
         return _envelope({"Files": entries[: self.listing_cap]})
 
@@ -439,9 +441,10 @@ def _tree_entry(path: str, commit: str) -> dict[str, Any]:
     }
 
 
-def _blob_entry(file: MsFile) -> dict[str, Any]:
+def _blob_entry(file: MsFile, unknown_sizes: bool = False) -> dict[str, Any]:
     entry = _tree_entry(file.path, file.commit)
-    entry.update(IsLFS=file.is_lfs, Mode="33188", Sha256=file.sha256, Size=file.size, Type="blob")
+    size = 0 if unknown_sizes and file.is_lfs else file.size
+    entry.update(IsLFS=file.is_lfs, Mode="33188", Sha256=file.sha256, Size=size, Type="blob")
     return entry
 
 
@@ -523,6 +526,7 @@ class ModelScopeEmulator(ThreadedServer):
         url_ttl: float = 3600.0,
         accept_bearer: bool = True,
         valid_tokens: Iterable[str] = (),
+        unknown_sizes: bool = False,
     ) -> None:
         options = {
             "storage_host": storage_host,
@@ -530,6 +534,7 @@ class ModelScopeEmulator(ThreadedServer):
             "url_ttl": url_ttl,
             "accept_bearer": accept_bearer,
             "valid_tokens": valid_tokens,
+            "unknown_sizes": unknown_sizes,
         }
         self._app = _MsApp(port, storage_port, options)
         super().__init__(self._app, "modelscope-emulator")

@@ -264,6 +264,17 @@ def test_inline_file_larger_than_a_part_is_one_get(ms: ModelScopeEmulator, tmp_p
     assert len(ms.requests_to(API_DOWNLOAD, "GET")) == 2 and not ms.requests_to("/modelhub/*")
 
 
+def test_sizes_the_listing_does_not_give_are_asked_of_the_source(tmp_path: Path) -> None:
+    with ModelScopeEmulator(unknown_sizes=True) as ms:
+        ms.add_repo("org/tiny", {**MODEL, "empty.txt": b""})
+        download("ms://org/tiny", tmp_path, config=cfg(ms), transfer=TransferSettings(part_size=MIB))
+        assert_files(tmp_path, {**MODEL, "empty.txt": b""})
+        big = "model-00001-of-00002.safetensors"
+        ranges = [r.range for r in ms.requests_to("/modelhub/*", "GET", file=big)]
+        assert ranges.count("bytes=0-0") == 1 and len(ranges) == 5  # the size probe, then 4 parts
+        assert [r.status for r in ms.requests_to(API_DOWNLOAD, file=big)] == [302]  # the probe's redirect is reused
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [

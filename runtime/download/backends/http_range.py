@@ -103,7 +103,7 @@ async def stream_range(
 
     A 206 for another range is retried; with `total` (the size the listing gave), a body or Content-Range that
     announces another size is an error that says so (the object changed, or the listing is stale)."""
-    content_range = _parse_content_range(response.headers.get("Content-Range"))
+    content_range = parse_content_range(response.headers.get("Content-Range"))
     if response.status == 206:
         if content_range is None or content_range[0] != start:
             shown = response.headers.get("Content-Range", "none")
@@ -131,7 +131,7 @@ async def stream_range(
         yield chunk
 
 
-def _parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """(first, last, total or None for `*`) from `bytes first-last/total`, or None."""
     if not value or not value.startswith("bytes "):
         return None

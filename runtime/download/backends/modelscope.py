@@ -24,6 +24,7 @@ four GET requests that aiohttp (already in it) does, and its downloads run in th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from runtime.download.backends.base import DownloadError, RemoteFile, RetryableE
 from runtime.download.backends.http_range import (
     connection_error,
     new_session,
+    parse_content_range,
     status_error,
     status_text,
     stream_range,
@@ -55,6 +57,7 @@ LIST_BACKOFF = 0.25
 LIST_RETRY_AFTER_CAP = 10.0
 REDIRECTS = (301, 302, 303, 307, 308)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 def normalize_endpoint(value: str) -> str:
@@ -106,7 +109,33 @@ class ModelScopeBackend:
         files = [_remote_file(entry) for entry in entries if (entry.get("Type") or "blob") != "tree"]
         if not files:
             raise DownloadError(f"{self.describe()} has no files", reason="empty", status=404)
+        return await self._with_sizes(files)
+
+    async def _with_sizes(self, files: list[RemoteFile]) -> list[RemoteFile]:
+        """The listing gives Size 0 for empty files and for unknown sizes alike (modelscope-hub's own note): a
+        0-byte entry whose sha256 is not that of nothing gets its size from the source (one 1-byte ranged GET)."""
+        unknown = [i for i, f in enumerate(files) if f.size == 0 and f.sha256 and f.sha256 != EMPTY_SHA256]
+        slots = asyncio.Semaphore(LIST_WORKERS)
+
+        async def probe(index: int) -> None:
+            async with slots:
+                files[index] = dataclasses.replace(files[index], size=await self._probe_size(files[index]))
+
+        await asyncio.gather(*(probe(index) for index in unknown))
         return files
+
+    async def _probe_size(self, file: RemoteFile) -> int:
+        what = f"{self.describe()}/{file.path}"
+        response = await self._open(file, 0, 1, what)
+        try:
+            content_range = parse_content_range(response.headers.get("Content-Range"))
+            length = response.headers.get("Content-Length", "")
+            total = content_range[2] if content_range else int(length) if length.isdigit() else None
+        finally:
+            response.close()  # the body (maybe the whole file, for an inline one) is not wanted
+        if total is None:
+            raise DownloadError(f"{what}: the listing and the source give no size", reason="bad_source")
+        return total
 
     async def _walk(self) -> list[dict[str, Any]]:
         """The whole tree despite the server's cap (modelscope-hub's `_walk_repo_files`, without its silent gaps)."""
