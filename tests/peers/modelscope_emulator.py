@@ -70,6 +70,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from tests.support.faulty_body import write_body
 from tests.support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
@@ -78,7 +79,6 @@ DEFAULT_LFS_THRESHOLD = 1024 * 1024
 DEFAULT_LFS_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.onnx", "*.h5", "*.msgpack")
 BUCKET = "modelhub"
 ACCESS_KEY_ID = "LTAI5tEmulatorKeyId"
-CHUNK = 64 * 1024
 COMMIT_DATE = 1767225600  # 2026-01-01
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -486,29 +486,17 @@ async def _send(
         flipped = bytearray(body)
         flipped[len(flipped) // 2] ^= 0xFF
         body = bytes(flipped)
-    limit = min(len(body), fault.after_bytes) if fault is not None and fault.kind == "cut" else len(body)
-    stall_at = fault.after_bytes if fault is not None and fault.kind == "stall" else None
-    position = 0
-    try:
-        while position < limit:
-            chunk_end = min(position + CHUNK, limit)
-            if stall_at is not None and position < stall_at < chunk_end:
-                chunk_end = stall_at
-            await response.write(body[position:chunk_end])
-            position = chunk_end
-            if fault is not None and stall_at is not None and position >= stall_at:
-                await asyncio.sleep(fault.seconds)
-                stall_at = None
-    except ConnectionResetError:
+    kind = fault.kind if fault is not None else None
+    complete = await write_body(
+        request,
+        response,
+        body,
+        cut_after=fault.after_bytes if fault is not None and kind == "cut" else None,
+        stall_after=fault.after_bytes if fault is not None and kind == "stall" else None,
+        stall_seconds=fault.seconds if fault is not None else 0.0,
+    )
+    if not complete:
         app.incomplete.add(id(request))
-        return response
-    if limit < len(body):
-        await asyncio.sleep(0.05)  # let the partial body reach the socket before the close
-        if request.transport is not None:
-            request.transport.close()
-        app.incomplete.add(id(request))
-        return response
-    await response.write_eof()
     return response
 
 
@@ -570,16 +558,17 @@ class ModelScopeEmulator(ThreadedServer):
         if isinstance(files, Path):
             files = {p.relative_to(files).as_posix(): p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()}
         patterns = tuple(lfs_patterns)
+        sha256 = {path.strip("/"): hashlib.sha256(data).hexdigest() for path, data in files.items()}
         digest = hashlib.sha1(f"{repo_id}\0{revision}\0".encode())
-        for path in sorted(files):
-            digest.update(f"{path}\0{hashlib.sha256(files[path]).hexdigest()}\n".encode())
+        for path in sorted(sha256):
+            digest.update(f"{path}\0{sha256[path]}\n".encode())
         commit = digest.hexdigest()
         entries: dict[str, MsFile] = {}
         for path, data in files.items():
             path = path.strip("/")
             name = path.rsplit("/", 1)[-1]
             lfs = len(data) > lfs_threshold or any(fnmatch.fnmatchcase(name, p) for p in patterns)
-            entries[path] = MsFile(path, bytes(data), hashlib.sha256(data).hexdigest(), lfs, commit)
+            entries[path] = MsFile(path, bytes(data), sha256[path], lfs, commit)
         with self._app.lock:
             repo = self._app.repos.setdefault(repo_id, _Repo(repo_id, token))
             repo.token = token
