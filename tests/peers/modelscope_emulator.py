@@ -28,6 +28,7 @@ What is emulated (`{id}` is `owner/name`, never URL-encoded, as the SDKs send it
   flag, ignoring any paging parameter, as `modelscope-hub` documents the real server. ``Root`` scopes the listing to
   a directory (paths stay repo-relative); a missing ``Root`` or revision is 404. ``unknown_sizes=True`` lists LFS
   files with ``Size: 0``, which the real listing may do ("0 both for empty files and for unknown sizes").
+  ``inline_lfs=True`` serves LFS files inline too (no redirect, Range ignored), as a mirror without a store might.
 * ``GET|HEAD /api/v1/models/{id}/repo?Revision=&FilePath=``: a non-LFS file is served inline with 200, **ignoring
   Range** ("files served without a redirect ignore Range entirely"); an LFS file (above ``lfs_threshold`` or
   matching ``lfs_patterns``) answers 302 to a presigned URL on the storage port (OSS V1 style:
@@ -179,6 +180,7 @@ class _MsApp:
         self.url_ttl: float = options["url_ttl"]
         self.accept_bearer: bool = options["accept_bearer"]
         self.unknown_sizes: bool = options["unknown_sizes"]
+        self.inline_lfs: bool = options["inline_lfs"]
         self.valid_tokens: set[str] = set(options["valid_tokens"])
         self.secret = uuid.uuid4().bytes
         self.lock = threading.Lock()
@@ -370,7 +372,7 @@ class _MsApp:
         file = files.get(request.query.get("FilePath", ""))
         if file is None:
             raise _ApiError(404, f"File {request.query.get('FilePath')} does not exist in revision {commit}")
-        if file.is_lfs:
+        if file.is_lfs and not self.inline_lfs:
             expired = int(time.time()) - 60 if fault is not None and fault.kind == "expire" else None
             return web.Response(status=302, headers={"Location": self.presign(repo.repo_id, file, expires=expired)})
         headers = {
@@ -515,6 +517,7 @@ class ModelScopeEmulator(ThreadedServer):
         accept_bearer: bool = True,
         valid_tokens: Iterable[str] = (),
         unknown_sizes: bool = False,
+        inline_lfs: bool = False,
     ) -> None:
         options = {
             "storage_host": storage_host,
@@ -523,6 +526,7 @@ class ModelScopeEmulator(ThreadedServer):
             "accept_bearer": accept_bearer,
             "valid_tokens": valid_tokens,
             "unknown_sizes": unknown_sizes,
+            "inline_lfs": inline_lfs,
         }
         self._app = _MsApp(port, storage_port, options)
         super().__init__(self._app, "modelscope-emulator")

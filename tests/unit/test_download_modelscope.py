@@ -256,6 +256,31 @@ def test_where_token_and_endpoint_come_from(ms: ModelScopeEmulator, tmp_path: Pa
     assert ModelScopeBackend(parse_source("ms://a/b"), settings).describe() == "ms://a/b:master"
 
 
+def test_a_server_that_ignores_range_for_lfs_files_still_gives_identical_bytes(tmp_path: Path) -> None:
+    with ModelScopeEmulator(inline_lfs=True) as ms:
+        ms.add_repo("org/tiny", MODEL)
+        download("ms://org/tiny", tmp_path, config=cfg(ms), transfer=TransferSettings(part_size=MIB))
+        assert_files(tmp_path)
+        parts = ms.requests_to(API_DOWNLOAD, "GET", file="model-00001-of-00002.safetensors")
+        assert len(parts) == 4 and {r.status for r in parts} == {200}  # each part skipped to its own bytes
+
+
+def test_missing_file_and_a_server_that_keeps_failing_are_one_line_errors(
+    ms: ModelScopeEmulator, tmp_path: Path
+) -> None:
+    ms.fail_next(API_DOWNLOAD, file="config.json", status=404)
+    with pytest.raises(DownloadError) as failure:
+        download("ms://org/tiny", tmp_path / "a", config=cfg(ms))
+    assert str(failure.value) == "ms://org/tiny:master/config.json: not found at that revision (HTTP 404)"
+    assert failure.value.status == 404
+    ms.fail_next("/api/v1/models/org/tiny/repo/files", times=10, status=503)
+    with pytest.raises(DownloadError) as failure:
+        download("ms://org/tiny", tmp_path / "b", config=cfg(ms))
+    assert str(failure.value) == "ms://org/tiny:master: ModelScope answered HTTP 503 Service Unavailable"
+    listings = [r.status for r in ms.requests_to("/api/v1/models/org/tiny/repo/files")]
+    assert listings == [200, 503, 503, 503, 503]  # the first download's, then 4 tries and giving up
+
+
 def test_inline_file_larger_than_a_part_is_one_get(ms: ModelScopeEmulator, tmp_path: Path) -> None:
     files = {"vocab.txt": blob(3 * MIB + 1, 7), "weights.bin": blob(3 * MIB + 1, 8)}
     ms.add_repo("org/inline", files, lfs_threshold=10 * MIB, lfs_patterns=())
