@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.download.backends.base import DownloadError
+import orjson
+
+from runtime.errors import DownloadError
 
 CONFIG_KEYS = (
     "hf_token",
@@ -98,6 +100,18 @@ class SourceSettings:
 
     def secrets(self) -> list[str]:
         return [value for key in SECRET_KEYS if isinstance(value := getattr(self, key), str) and value]
+
+
+def config_from_request(raw: Any) -> dict[str, Any]:
+    """Kthena's `config`: an object, or a JSON string of one (Kthena itself sends the string); None/"" is empty."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise DownloadError(f"'config' is a string but not JSON: {exc}", reason="bad_request", status=400) from None
+    return validate_config(raw)
 
 
 def validate_config(config: Any) -> dict[str, Any]:

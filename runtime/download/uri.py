@@ -11,12 +11,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from runtime.errors import SourceError
+
 OBJECT_STORE_SCHEMES = ("s3", "tos", "obs", "gs", "az")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class SourceError(ValueError):
-    """The source cannot be understood; the message says which form was expected."""
 
 
 @dataclass(frozen=True)

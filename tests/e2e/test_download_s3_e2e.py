@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.service import DownloadRequest, execute, prepare
 from runtime.download.transfer import DownloadResult, TransferSettings
+from runtime.errors import DownloadError
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.seaweedfs import S3Peer, SeaweedNotInstalledError, running_seaweedfs
 from tests.unit.test_cli import run_cli

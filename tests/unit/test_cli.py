@@ -118,9 +118,7 @@ def test_bad_rules_file_names_the_problem(tmp_path: Path) -> None:
     rules.write_text("families:\n  - name: x\n    type: gauge\n")
     result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
     assert result.returncode == 2
-    assert result.stderr.decode().strip() == (
-        "airuntime: error: rules file: families[0] (x): 'sources' must be a non-empty list"
-    )
+    assert result.stderr.decode().strip() == f"airuntime: error: rules file {rules}: families[0]: missing 'sources'"
     rules.write_text("families: [unclosed")
     result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
     assert result.returncode == 2 and b"is not valid .yaml" in result.stderr

@@ -19,8 +19,8 @@ from schemathesis.core.result import Err, Ok
 
 from runtime.metrics.rules import build_ruleset
 from runtime.server.app import create_app
-from runtime.server.openapi_route import load_spec
 from tests.support.lora_engines import VllmLoraEngine, make_adapter
+from tests.support.rewrite import load_spec
 from tests.unit.test_server import make_config, sidecar_client
 
 Client = TestClient[web.Request, web.Application]

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.metrics.rewriter import RewriteCache, rewrite_bytes
+from runtime.metrics.rewriter import RewriteCache
 from tests.fuzz.invariants import RULES, check_rewrite, input_lines
 from tests.support.promtool import require_promtool, run_promtool
+from tests.support.rewrite import rewrite_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_DIR = REPO / "tests" / "fuzz"

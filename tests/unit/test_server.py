@@ -277,7 +277,10 @@ async def test_gzip_answer_from_the_engine_is_decoded() -> None:
 
 
 def test_engine_is_asked_for_gzip_only_across_a_network() -> None:
-    from runtime.metrics.scraper import engine_headers
+    from runtime.engine.client import EngineClient
+
+    def engine_headers(api_key: str | None, url: str) -> dict[str, str]:
+        return EngineClient(url, api_key, 1.0).scrape_headers
 
     assert engine_headers(None, "http://127.0.0.1:8000")["Accept-Encoding"] == "identity"
     assert engine_headers(None, "http://localhost:8000")["Accept-Encoding"] == "identity"

@@ -26,10 +26,11 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.download.backends.base import Chunk, DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import Chunk, RemoteFile
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
+from runtime.errors import DownloadError, RetryableError
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
@@ -152,7 +153,9 @@ class ObjectStoreBackend:
                 return await self._list_once()
             except RetryableError as exc:
                 if attempt == LIST_ATTEMPTS:
-                    raise DownloadError(f"{exc} (gave up after {attempt} attempts)", "unreachable", 502) from None
+                    raise DownloadError(
+                        f"{exc} (gave up after {attempt} attempts)", reason="unreachable", status=502
+                    ) from None
                 delay = max(LIST_BACKOFF * 2 ** (attempt - 1), 1.0 if exc.throttled else 0.0)
                 await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
@@ -225,11 +228,15 @@ def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
         detail = "no object under that prefix and no object of that name" if listing else "object not found"
         return DownloadError(f"{what}: not found ({detail})", reason="not_found", status=404)
     if isinstance(exc, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
-        return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied; check the keys and the bucket policy", reason="unauthorized", status=403
+        )
     if isinstance(exc, exceptions.PreconditionError):
         return DownloadError(f"{what}: the object changed during the download", reason="changed", status=409)
     if any(marker in text for marker in ("403 Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
-        return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied; check the keys and the bucket policy", reason="unauthorized", status=403
+        )
     status = _STATUS.search(text)
     if status is not None:
         code = int(status.group(1))
