@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -270,6 +271,28 @@ def test_cli_exit_codes_and_one_line_errors(hub: HubEmulator, tmp_path: Path) ->
     assert aibrix.returncode == 0, aibrix.stderr
     assert (tmp_path / "aibrix" / "tiny" / "config.json").exists()
     assert not (tmp_path / "aibrix" / "tiny" / "README.md").exists()
+
+
+def test_cli_takes_aibrix_extra_config_as_the_api_does(hub: HubEmulator, tmp_path: Path) -> None:
+    """One mapping for the CLI and the API: `num_threads` used to be an unknown config key on the command line."""
+    extra = json.dumps({"num_threads": 4, "hf_endpoint": hub.endpoint, "allow_file_suffix": ["json"]})
+    result = run_cli(
+        ["download", "org/tiny", "--local-dir", str(tmp_path / "m"), "-q", "--download-extra-config", extra]
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / "README.md").exists()
+    bad = run_cli(
+        ["download", "org/tiny", "--local-dir", str(tmp_path / "n"), "--download-extra-config", '{"num_thread": 4}']
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip().splitlines() == [
+        "airuntime: error: --download-extra-config: unknown download_extra_config key(s): num_thread; known: ak, sk, "
+        "endpoint, region, hf_endpoint, hf_token, hf_revision, num_threads, part_chunksize, allow_file_suffix, "
+        "force_download, max_io_queue, io_chunksize, part_threshold"
+    ]
+    too_many = run_cli(["download", "org/tiny", "--local-dir", str(tmp_path / "o")], {"DOWNLOADER_NUM_THREADS": "500"})
+    assert too_many.returncode == 2
+    assert "DOWNLOADER_NUM_THREADS='500': must be a whole number from 1 to 256" in too_many.stderr.decode()
 
 
 def test_one_file_over_http_with_ranges_and_a_retry(tmp_path: Path) -> None:

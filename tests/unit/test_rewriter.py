@@ -154,7 +154,9 @@ def test_openmetrics_input_becomes_valid_text_format() -> None:
 def test_counter_without_total_gets_it_in_the_unified_copy() -> None:
     rules = build_ruleset(
         "vllm",
-        overrides=parse_rules({"families": [{"name": "request_count", "type": "counter", "sources": ["tgi_request_count"]}]}),
+        overrides=parse_rules(
+            {"families": [{"name": "request_count", "type": "counter", "sources": ["tgi_request_count"]}]}
+        ),
     )
     out = rewrite(b"# TYPE tgi_request_count counter\ntgi_request_count 12\n", rules=rules)
     assert b"# TYPE tgi_request_count counter\ntgi_request_count 12\n" in out

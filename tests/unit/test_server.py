@@ -143,6 +143,33 @@ async def test_concurrent_scrapes_share_one_engine_request(
     assert all(b"airuntime:prompt_tokens_total{" in body for body in bodies)
 
 
+async def test_concurrent_scrapes_share_the_answer_and_its_gzip(
+    client: TestClient[web.Request, web.Application], engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coalesced requests used to join and gzip the body once each; now once per scrape, however many asked."""
+    import runtime.metrics.answer as answer
+
+    compressions = []
+    original = answer.zlib.compressobj
+
+    def counting(*args: Any) -> Any:
+        compressions.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(answer.zlib, "compressobj", counting)
+    await asyncio.to_thread(engine.set_mode, "slow", delay=0.2)
+
+    async def gzipped() -> bytes:
+        response = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+        assert response.headers["Content-Encoding"] == "gzip"
+        return await response.read()
+
+    bodies = await asyncio.gather(*(gzipped() for _ in range(8)))
+    assert len(set(bodies)) == 1 and len(compressions) == 1
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"}, auto_decompress=False)
+    assert "Content-Encoding" not in plain.headers  # gzip;q=0 means "not gzip"
+
+
 async def test_ready_and_health_aliases(client: TestClient[web.Request, web.Application]) -> None:
     for path in ("/ready", "/readyz"):
         response = await client.get(path)
