@@ -7,6 +7,7 @@ variable > default). Bad input ends with one readable line on stderr and a non-z
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -15,7 +16,7 @@ import orjson
 
 from runtime import __version__
 from runtime.cli_options import settings_options
-from runtime.config import ServeConfig
+from runtime.config import ServeConfig, canonical_engine
 from runtime.errors import SidecarError
 from runtime.logs import configure_logging
 from runtime.metrics.rules import RuleSet, build_ruleset, load_rules_file
@@ -27,7 +28,7 @@ METRICS_SETTINGS = ("engine", "metrics_prefix", "metrics_profile", "metrics_rule
 
 def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None) -> RuleSet:
     overrides = load_rules_file(metrics_rules) if metrics_rules else None
-    return build_ruleset(engine.lower(), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
+    return build_ruleset(canonical_engine(engine), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
 
 
 @click.group(
@@ -49,7 +50,8 @@ def cli(ctx: click.Context, version: bool) -> None:
 @cli.command()
 @settings_options()
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
-def serve(print_config: bool, **settings: Any) -> None:
+@click.option("--enable-fastapi-docs", is_flag=True, hidden=True, help="AIBrix flag: /openapi.json is always served.")
+def serve(print_config: bool, enable_fastapi_docs: bool, **settings: Any) -> None:
     """Run the sidecar: unified /metrics, /health and /ready beside the engine, downloads, LoRA adapters."""
     config = ServeConfig.from_options(settings)
     rules = compile_rules(config.engine, config.metrics_prefix, config.metrics_profile, config.metrics_rules)
@@ -105,12 +107,16 @@ def serve(print_config: bool, **settings: Any) -> None:
 @click.option("--force", is_flag=True, help="Fetch every file again [env DOWNLOADER_FORCE_DOWNLOAD].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display; only the final line.")
 @click.option("--enable-progress-bar", is_flag=True, hidden=True, help="AIBrix flag; the bar shows on a terminal.")
+@click.option(
+    "--aibrix-layout", is_flag=True, hidden=True, help="As aibrix_download: LOCAL_DIR/MODEL_NAME, path printed."
+)
 def download(
     source: str | None,
     source_option: str | None,
     model_uri: str | None,
     part_size_mib: int | None,
     enable_progress_bar: bool,
+    aibrix_layout: bool,
     **options: Any,
 ) -> None:
     """Download a model (HF org/repo, s3://, tos://, obs://, gs://, az://, pvc://, https://) into --local-dir.
@@ -124,9 +130,14 @@ def download(
         raise click.UsageError("give the SOURCE (or --source, or --model-uri)")
     if len(given) > 1:
         raise click.UsageError("give one source: SOURCE, --source or --model-uri")
-    run_cli_download(
+    source = given.pop()
+    if aibrix_layout:  # aibrix_download: the model goes into LOCAL_DIR/<its name>, whose path ends the output
+        from runtime.download import aibrix
+
+        options["model_name"] = aibrix.model_name(source, options["model_name"])
+    target = run_cli_download(
         CliDownload(
-            source=given.pop(),
+            source=source,
             part_size=part_size_mib * 1024 * 1024 if part_size_mib else None,
             allow_patterns=options.pop("allow_pattern"),
             ignore_patterns=options.pop("ignore_pattern"),
@@ -134,6 +145,8 @@ def download(
             **options,
         )
     )
+    if aibrix_layout:
+        click.echo(str(target))
 
 
 @cli.command()
@@ -188,10 +201,45 @@ def rewrite(
         click.echo(f"airuntime: dropped {rewriter.invalid_lines} invalid line(s)", err=True)
 
 
+# Invoked under AIBrix's command names (links in the image, console scripts of the package), the program behaves as
+# that command, with AIBrix's defaults where they differ from ours and matter to its manifests: the port its
+# controller calls, the adapters folder its webhook shares with the engine, the models folder, its metric names.
+AIBRIX_RUNTIME_DEFAULTS = {
+    "port": 8080,
+    "adapters_dir": "/tmp/aibrix/adapters",
+    "models_dir": "/tmp/aibrix/models",
+    "metrics_profile": "aibrix",
+}
+AIBRIX_DOWNLOAD_DEFAULTS = {"local_dir": "/tmp/aibrix/models", "aibrix_layout": True}
+PROGRAMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "aibrix_runtime": ("serve", AIBRIX_RUNTIME_DEFAULTS),
+    "aibrix_download": ("download", AIBRIX_DOWNLOAD_DEFAULTS),
+}
+# Arguments that start with an option name a command: Kthena's downloader passes `--source X --output-dir Y`, its
+# runtime `--port 8100 --engine vllm ...`, both to the image's entry point.
+DOWNLOAD_SOURCE_OPTIONS = ("-s", "--source", "--model-uri")
+GROUP_OPTIONS = ("--version", "-h", "--help")
+
+
+def route(program: str, args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The command line to run and click's default_map, from the name the program was invoked under and its
+    arguments."""
+    command, defaults = PROGRAMS.get(program, ("", {}))
+    if command:
+        return [command, *args], {command: defaults}
+    if args and args[0].startswith("-") and args[0] not in GROUP_OPTIONS:
+        is_download = any(arg.split("=", 1)[0] in DOWNLOAD_SOURCE_OPTIONS for arg in args)
+        return ["download" if is_download else "serve", *args], {}
+    return args, {}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: click's own errors and ours become one line on stderr."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else "airuntime"
+    args, defaults = route(program, list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=argv, prog_name="airuntime", standalone_mode=False)
+        cli.main(args=args, prog_name=program if program in PROGRAMS else "airuntime", standalone_mode=False,
+                 default_map=defaults)  # fmt: skip
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

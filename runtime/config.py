@@ -130,10 +130,17 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+ENGINE_ALIASES = {"vllmdisaggregated": "vllm"}  # Kthena's name for vLLM in prefill/decode disaggregation
+
+
 def _engine_choices() -> Sequence[str]:
     from runtime.metrics.rule_tables import engine_choices
 
-    return engine_choices()
+    return [*engine_choices(), *ENGINE_ALIASES]
+
+
+def canonical_engine(value: str) -> str:
+    return ENGINE_ALIASES.get(value.lower(), value.lower())
 
 
 def _profile_choices() -> Sequence[str]:
@@ -151,7 +158,7 @@ class ServeConfig:
     # -- the engine and its metrics (shared with `metrics rewrite`) -------------------------------------------
     engine: str = setting(
         "auto", "-E", "--engine", env=("AIRUNTIME_ENGINE", "INFERENCE_ENGINE"), kind="choice",
-        choices=_engine_choices, parse=_lower,
+        choices=_engine_choices, parse=canonical_engine,
         help="Inference engine beside the sidecar; auto recognises it from its metrics.",
     )  # fmt: skip
     metrics_prefix: str | None = setting(

@@ -21,6 +21,7 @@ from typing import Any
 
 from runtime.download.env import MAX_PART_SIZE, MAX_WORKERS, MIN_PART_SIZE, DownloaderEnv
 from runtime.download.transfer import MIB, FileFilter, TransferSettings
+from runtime.download.uri import parse_source
 from runtime.errors import ApiError
 from runtime.fields import field_bool, field_int, field_str_list
 
@@ -44,6 +45,18 @@ class AibrixOptions:
     config: dict[str, Any] = field(default_factory=dict)
     file_filter: FileFilter = field(default_factory=FileFilter)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+
+
+def model_name(model_uri: str, given: str | None) -> str:
+    """The folder a model lands in under the download root, as AIBrix names it: `org/name` for a Hugging Face repo,
+    else the last segment of the URI (`s3://bucket/models/llama` -> `llama`)."""
+    if given:
+        return given
+    spec = parse_source(model_uri)
+    if spec.scheme == "hf":
+        return spec.location
+    tail = (spec.prefix or spec.location).rstrip("/").rsplit("/", 1)[-1]
+    return tail.removesuffix(".git") or spec.location
 
 
 def from_extra_config(raw: Any, env: DownloaderEnv, status: int = 400) -> AibrixOptions:

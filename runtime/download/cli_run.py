@@ -80,7 +80,8 @@ def build_request(asked: CliDownload, env: DownloaderEnv) -> DownloadRequest:
     )
 
 
-def run_cli_download(asked: CliDownload) -> None:
+def run_cli_download(asked: CliDownload) -> Path:
+    """Download, show progress, end with one summary line on stderr; returns the target directory."""
     request = build_request(asked, DownloaderEnv.read(os.environ))
     try:
         prepared = prepare(request)
@@ -99,6 +100,7 @@ def run_cli_download(asked: CliDownload) -> None:
         f"{human_bytes(result.bytes_fetched)} in {result.seconds:.1f}s{waited}",
         err=True,
     )
+    return request.local_dir
 
 
 async def _download_with_progress(prepared: PreparedDownload, quiet: bool) -> DownloadResult:

@@ -1,7 +1,8 @@
 """Parse a model source into a `SourceSpec`: which backend, and where inside it.
 
 Accepted forms: `org/repo` and `hf://org/repo[@revision]` (HuggingFace), `s3://`, `tos://`, `obs://`, `gs://`,
-`az://container/prefix` (object stores), `pvc://path` and `file:///path` or an absolute path (mounted volumes), and
+`az://container/prefix` (object stores), `pvc://path` (`/path`, as Kthena mounts a claim), `file:///path` or an
+absolute path (mounted volumes), and
 `https://host/path/file` (one file over HTTPS).
 """
 
@@ -51,10 +52,9 @@ def parse_source(raw: str, revision: str | None = None) -> SourceSpec:
                 raise SourceError(f"{raw!r}: expected {scheme}://BUCKET[/PREFIX]")
             return SourceSpec(scheme=scheme, location=bucket, prefix=prefix.strip("/"))
         if scheme in ("pvc", "file"):
-            path = "/" + rest.lstrip("/") if scheme == "file" or rest.startswith("/") else rest
-            if not path:
+            if not rest.strip("/"):
                 raise SourceError(f"{raw!r}: expected {scheme}://PATH")
-            return SourceSpec(scheme="local", location=path)
+            return SourceSpec(scheme="local", location="/" + rest.lstrip("/"))  # pvc://models is /models, as Kthena
         if scheme in ("https", "http"):
             if not urlsplit(text).hostname:
                 raise SourceError(f"{raw!r}: expected https://HOST/PATH")

@@ -66,10 +66,14 @@ class EngineLoraApi:
         path = "/v1/unload_lora_adapter" if engine == "vllm" else "/unload_lora_adapter"
         await self._post(engine, path, {"lora_name": name}, auth)
 
+    async def models(self, auth: str | None) -> tuple[int, Any]:
+        """`GET /v1/models` as the engine answers it (status, decoded body); EngineError when it does not answer."""
+        return await self._client.call("GET", "/v1/models", None, auth, self._timeout)
+
     async def loaded(self, engine: str, auth: str | None) -> dict[str, LoadedAdapter]:
         """Adapters the engine reports in `GET /v1/models` (cards with a parent)."""
         self.check_supported(engine)
-        status, payload = await self._client.call("GET", "/v1/models", None, auth, self._timeout)
+        status, payload = await self.models(auth)
         if status != 200 or not isinstance(payload, dict):
             raise EngineError(f"engine answered HTTP {status} on /v1/models", 502)
         adapters: dict[str, LoadedAdapter] = {}

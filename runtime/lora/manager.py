@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -202,6 +203,27 @@ class LoraManager:
             self._records.pop(name, None)
             self._update_gauges()
             return record
+
+    async def unload_idempotent(self, name: str, auth: str | None = None) -> str:
+        """Unload; an engine that no longer has the adapter is success too (AIBrix's unload). Returns the message."""
+        try:
+            await self.unload(name, auth)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+            return f"adapter {name!r} was not loaded"
+        return f"adapter {name!r} unloaded"
+
+    async def remove_downloaded(self, name: str) -> None:
+        """Delete ADAPTERS_DIR/NAME (AIBrix's cleanup_local): only there, never a path a caller named elsewhere."""
+        check_name(name)
+        folder = self._adapters_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def engine_models(self, auth: str | None = None) -> tuple[int, Any]:
+        """The engine's `GET /v1/models` answer (status, document), for AIBrix's controller."""
+        return await self._api.models(auth)
 
     def record(self, name: str) -> AdapterRecord | None:
         return self._records.get(name)

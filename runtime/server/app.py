@@ -64,6 +64,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 ROUTES = [
     web.get("/metrics", metrics_handler),
+    web.get("/metrics/", metrics_handler),  # AIBrix serves it there
     web.get("/health", probes.health),
     web.get("/healthz", probes.health),  # AIBrix
     web.get("/ready", probes.ready),
@@ -77,7 +78,8 @@ ROUTES = [
     web.post("/v1/load_lora_adapter", lora_routes.kthena_load),  # Kthena
     web.post("/v1/unload_lora_adapter", lora_routes.unload),  # Kthena
     web.post("/v1/lora_adapter/load", lora_routes.aibrix_load),  # AIBrix
-    web.post("/v1/lora_adapter/unload", lora_routes.unload),  # AIBrix
+    web.post("/v1/lora_adapter/unload", lora_routes.aibrix_unload),  # AIBrix
+    web.get("/v1/models", lora_routes.engine_models),  # AIBrix: the engine's model list, through the sidecar
     web.get("/v1/lora_adapters", lora_routes.list_adapters),
 ]
 

@@ -21,7 +21,6 @@ from runtime.download.jobs import DownloadJob, JobRegistry
 from runtime.download.model_list import find_models
 from runtime.download.service import DownloadRequest, prepare
 from runtime.download.transfer import FileFilter, Progress, TransferSettings
-from runtime.download.uri import parse_source
 from runtime.errors import ApiError, SidecarError
 from runtime.fields import field_bool, field_int, field_str, field_str_list
 from runtime.metrics.self_metrics import SidecarMetrics
@@ -80,16 +79,6 @@ async def kthena_download(request: web.Request) -> web.Response:
     )
 
 
-def aibrix_model_name(model_uri: str, model_name: str | None) -> str:
-    if model_name:
-        return model_name
-    spec = parse_source(model_uri)
-    if spec.scheme == "hf":
-        return spec.location
-    tail = (spec.prefix or spec.location).rstrip("/").rsplit("/", 1)[-1]
-    return tail.removesuffix(".git") or spec.location
-
-
 async def aibrix_download(request: web.Request) -> web.Response:
     body = await read_json_object(request)  # a body that is not one JSON object is a 400 everywhere
     try:
@@ -101,7 +90,7 @@ async def aibrix_download(request: web.Request) -> web.Response:
 def _aibrix_download(request: web.Request, body: dict[str, Any]) -> web.Response:
     state = SidecarState.of(request)
     model_uri = field_str(body, "model_uri")
-    model_name = aibrix_model_name(model_uri, field_str(body, "model_name", required=False))
+    model_name = aibrix.model_name(model_uri, field_str(body, "model_name", required=False))
     if ".." in Path(model_name).parts or Path(model_name).is_absolute():
         raise ApiError(f"model_name {model_name!r} must be a relative name")
     local_dir = field_str(body, "local_dir", required=False) or state.config.models_dir
@@ -128,7 +117,14 @@ def _aibrix_download(request: web.Request, body: dict[str, Any]) -> web.Response
 
 
 async def aibrix_list(request: web.Request) -> web.Response:
+    """AIBrix sends `{"local_dir": ...}` as a JSON body on this GET; `?local_dir=` works too."""
     local_dir = request.query.get("local_dir", "")
+    if request.body_exists:
+        body = await read_json_object(request)
+        unknown = sorted(set(body) - {"local_dir"})
+        if unknown:
+            raise ApiError(f"unknown field(s) {', '.join(unknown)}; allowed: local_dir", 422)
+        local_dir = field_str(body, "local_dir", status=422)
     if "\x00" in local_dir:
         raise ApiError("query parameter 'local_dir' holds a NUL character")
     root = _resolve_dir(request, local_dir)  # relative to --models-dir, as for downloads

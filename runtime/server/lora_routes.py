@@ -16,6 +16,7 @@ from aiohttp import web
 from runtime.download.credentials import config_from_request
 from runtime.download.service import DownloadRequest
 from runtime.fields import field_bool, field_int, field_str
+from runtime.lora import aibrix
 from runtime.lora.manager import AdapterRecord, LoraManager
 from runtime.server.jsonio import json_response, read_json_object
 from runtime.server.state import SidecarState
@@ -40,7 +41,8 @@ def _check_paths(request: web.Request, path: Path, download: DownloadRequest | N
 
 def _answer(record: AdapterRecord, changed: bool, status: int = 200) -> web.Response:
     message = "adapter loaded" if changed else "adapter already loaded from the same path; nothing to do"
-    return json_response({"status": "success", "message": message, "adapter": record.public(True)}, status)
+    body = {"status": "success", "message": message, "local_path": record.path, "adapter": record.public(True)}
+    return json_response(body, status)
 
 
 async def kthena_load(request: web.Request) -> web.Response:
@@ -74,14 +76,50 @@ async def unload(request: web.Request) -> web.Response:
 
 async def aibrix_load(request: web.Request) -> web.Response:
     body = await read_json_object(request)
+    aibrix.check_keys(body, aibrix.LOAD_KEYS)
     name = field_str(body, "lora_name")
     manager = request.app[LORA]
-    path, download = manager.prepare_load(name, lora_path_or_source=field_str(body, "lora_path"))
+    artifact = field_str(body, "artifact_url", required=False)
+    if artifact is not None:  # AIBrix's controller in sidecar mode: download the artifact, then load it
+        local_dir = field_str(body, "local_dir", required=False)
+        path, download = manager.prepare_load(
+            name,
+            source=aibrix.artifact_source(artifact),
+            output_dir=str(Path(local_dir) / name) if local_dir else None,
+            config=aibrix.artifact_config(body),
+        )
+    else:
+        path, download = manager.prepare_load(name, lora_path_or_source=field_str(body, "lora_path"))
     _check_paths(request, path, download)
     record, changed = await manager.load(
         name, path, download, inplace=field_bool(body, "load_inplace", False), auth=_auth(request)
     )
     return _answer(record, changed)
+
+
+async def aibrix_unload(request: web.Request) -> web.Response:
+    """AIBrix's unload: `{"lora_name"}` or `{"lora_name", "cleanup_local"}` succeeds when the engine no longer has
+    the adapter (as AIBrix's does), and with cleanup_local (its default) removes the downloaded files from the
+    adapters folder; `{"lora_name", "lora_int_id"}` passes the engine's answer through."""
+    body = await read_json_object(request)
+    aibrix.check_keys(body, aibrix.UNLOAD_KEYS)
+    name = field_str(body, "lora_name")
+    manager = request.app[LORA]
+    if body.get("lora_int_id") is not None:
+        await manager.unload(name, auth=_auth(request))
+        return json_response({"status": "success", "message": f"adapter {name!r} unloaded", "lora_name": name})
+    message = await manager.unload_idempotent(name, auth=_auth(request))
+    if field_bool(body, "cleanup_local", True):
+        await manager.remove_downloaded(name)
+    return json_response({"status": "success", "message": message, "lora_name": name})
+
+
+async def engine_models(request: web.Request) -> web.Response:
+    """`GET /v1/models` of the engine, through the sidecar (AIBrix's controller asks the sidecar for it)."""
+    status, payload = await request.app[LORA].engine_models(_auth(request))
+    if not isinstance(payload, dict | list):
+        payload = {"error": f"engine: {payload or 'no answer'}", "status": status}
+    return json_response(payload, status)
 
 
 async def list_adapters(request: web.Request) -> web.Response:

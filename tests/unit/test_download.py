@@ -438,3 +438,27 @@ async def _listing(hub: HubEmulator, repo: str) -> list[object]:
         return list(await backend.list_files())
     finally:
         await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "given", "style"),
+    [
+        (None, None, "virtual"),  # AWS itself
+        ("https://s3.us-west-2.amazonaws.com", None, "virtual"),
+        ("https://obs.cn-north-4.myhuaweicloud.com", None, "virtual"),
+        ("https://tos-s3-cn-beijing.volces.com", None, "virtual"),
+        ("https://tos-s3-cn-beijing.ivolces.com", None, "virtual"),
+        ("https://obs.test.com", None, "path"),  # Kthena's own OBS example
+        ("http://10.0.0.5:9000", None, "path"),
+        ("http://minio.storage.svc:9000", None, "path"),
+        ("https://obs.test.com", "virtual", "virtual"),  # config addressing_style wins
+        ("https://obs.cn-north-4.myhuaweicloud.com", "path", "path"),
+    ],
+)
+def test_addressing_style_is_virtual_only_for_the_providers_own_domains(
+    endpoint: str | None, given: str | None, style: str
+) -> None:
+    from runtime.download.backends.objects import addressing_style
+    from runtime.download.credentials import SourceSettings
+
+    assert addressing_style(SourceSettings(addressing_style=given), endpoint) == style
