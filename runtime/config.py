@@ -219,10 +219,13 @@ class ServeConfig:
         help="The served model name: sidecar_info label, and the model of KV-cache block keys in Redis.",
     )  # fmt: skip
     log_level: str = setting(
-        "info", "--log-level", env=("AIRUNTIME_LOG_LEVEL",), kind="choice", choices=lambda: LOG_LEVELS, parse=_lower
-    )
-    log_format: str = setting("text", "--log-format", env=("AIRUNTIME_LOG_FORMAT",), kind="choice",
-                              choices=lambda: LOG_FORMATS)  # fmt: skip
+        "info", "--log-level", env=("AIRUNTIME_LOG_LEVEL",), kind="choice", choices=lambda: LOG_LEVELS, parse=_lower,
+        help="Least severe log level written.",
+    )  # fmt: skip
+    log_format: str = setting(
+        "text", "--log-format", env=("AIRUNTIME_LOG_FORMAT",), kind="choice", choices=lambda: LOG_FORMATS,
+        help="Text lines, or one JSON object per line.",
+    )  # fmt: skip
     # -- downloads and adapters -------------------------------------------------------------------------------
     models_dir: str = setting(
         "/tmp/airuntime/models", "--models-dir", env=("AIRUNTIME_MODELS_DIR", "DOWNLOADER_LOCAL_DIR"), kind="dir",

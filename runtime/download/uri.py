@@ -32,7 +32,8 @@ class SourceSpec:
             return f"{self.scheme}://{self.location}/{self.prefix}".rstrip("/")
         if self.scheme == "https":
             parts = urlsplit(self.location)
-            return f"{parts.scheme}://{parts.hostname}{parts.path}"  # never the query: it may hold a signature
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"  # no user, no query: they may hold secrets
         return self.location
 
 

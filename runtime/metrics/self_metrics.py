@@ -15,6 +15,8 @@ from prometheus_client.exposition import generate_latest
 
 from runtime import __version__
 
+DOWNLOAD_SOURCES = ("hf", "ms", "s3", "tos", "obs", "gs", "az", "local", "https")
+LORA_OPERATIONS = ("load", "reload", "unload")
 SCRAPE_ERROR_REASONS = ("connect", "timeout", "http_status", "truncated", "garbage", "too_large", "other")
 SCRAPE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LORA_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -97,8 +99,16 @@ class SidecarMetrics:
             if buckets is not None:
                 options["buckets"] = buckets
             setattr(self, attribute, kind(f"{prefix}:{name}", help_text, labels, **options))
+        # Label sets known in advance exist from the start at 0: the first event of each is then visible to rate().
         for reason in SCRAPE_ERROR_REASONS:
             self.scrape_errors.labels(reason)
+        for source in DOWNLOAD_SOURCES:
+            self.download_bytes.labels(source)
+            self.download_files.labels(source)
+        for operation in LORA_OPERATIONS:
+            self.lora_operation_duration.labels(operation)
+            for result in ("ok", "error"):
+                self.lora_operations.labels(operation, result)
         self.sidecar_info.labels(__version__, engine, pod, model).set(1)
         ProcessCollector(namespace=prefix + "_sidecar", registry=self.registry)
 

@@ -107,7 +107,7 @@ ROWS: list[Row] = [
     (AIBRIX, "endpoint", "`POST /v1/lora_adapter/unload` `{lora_name, cleanup_local}`",
      "unload (200 when the engine no longer has it, as AIBrix), then remove the downloaded files",
      ("field", "POST", "/v1/lora_adapter/unload", "cleanup_local")),
-    (AIBRIX, "body field", "`lora_int_id`", "the engine's answer passes through", 
+    (AIBRIX, "body field", "`lora_int_id`", "the engine's answer passes through",
      ("field", "POST", "/v1/lora_adapter/unload", "lora_int_id")),
     (AIBRIX, "endpoint", "`POST /v1/model/download` `{model_uri, local_dir, model_name, download_extra_config}`",
      "download in the background into `LOCAL_DIR/MODEL_NAME`; the answer as AIBrix's, plus a job id",

@@ -45,3 +45,24 @@ def _source(source: SourceSpec) -> str:
 def test_readme_engine_table_matches_the_rule_tables() -> None:
     expected = engine_table_markdown()
     assert expected in README.read_text(encoding="utf-8"), "README table is stale; paste this:\n" + expected
+
+
+def config_table_markdown() -> str:
+    """The README's configuration table, from the settings declared in runtime/config.py."""
+    from runtime.config import declared_settings
+
+    lines = ["| flag | what | variables (the first set wins) | default |", "|---|---|---|---|"]
+    for _, default, setting in declared_settings():
+        flags = ", ".join(f"`{flag}`" for flag in setting.flags)
+        if setting.choices is not None:
+            flags += " " + "/".join(f"`{choice}`" for choice in setting.choices())
+        variables = ", ".join(f"`{name}`" for name in setting.env)
+        shown = {True: "on", False: "off"}.get(default) if isinstance(default, bool) else None
+        shown = shown or ("none" if default in (None, "", ()) else f"`{default}`")
+        lines.append(f"| {flags} | {setting.help} | {variables} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_configuration_table_matches_the_declared_settings() -> None:
+    expected = config_table_markdown()
+    assert expected in README.read_text(encoding="utf-8"), "README configuration table is stale; paste:\n" + expected
