@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ import orjson
 from runtime import __version__
 from runtime.cli_options import settings_options
 from runtime.config import ServeConfig, canonical_engine
+from runtime.download.cli_args import CliDownload
 from runtime.errors import SidecarError
 from runtime.logs import configure_logging
 from runtime.metrics.rules import RuleSet, build_ruleset, load_rules_file
@@ -68,84 +70,27 @@ def serve(print_config: bool, enable_fastapi_docs: bool, **settings: Any) -> Non
 @cli.command()
 @click.argument("source", required=False)
 @click.option("-s", "--source", "source_option", default=None, help="Kthena spelling of SOURCE.")
-@click.option("--model-uri", "model_uri", default=None, help="AIBrix spelling of SOURCE.")
-@click.option(
-    "-o",
-    "--local-dir",
-    "--output-dir",
-    "local_dir",
-    type=click.Path(file_okay=False),
-    envvar="DOWNLOADER_LOCAL_DIR",
-    required=True,
-    help="Target directory (Kthena: --output-dir; env DOWNLOADER_LOCAL_DIR).",
-)
-@click.option("--model-name", default=None, help="AIBrix: download into LOCAL_DIR/MODEL_NAME.")
-@click.option("--revision", default=None, help="Branch, tag or commit (Hugging Face, ModelScope).")
-@click.option(
-    "--allow-suffix",
-    default=None,
-    help="Only files ending with one of these, comma-separated: json,safetensors [env DOWNLOADER_ALLOW_FILE_SUFFIX].",
-)
-@click.option("--allow-pattern", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--ignore-pattern", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option(
-    "-w",
-    "--max-workers",
-    type=click.IntRange(1, 256),
-    default=None,
-    help="Parallel transfers [env DOWNLOADER_NUM_THREADS, else 16].",
-)
-@click.option("--part-size-mib", type=click.IntRange(1, 16384), default=None, help="Ranged part size [32].")
-@click.option(
-    "-c",
-    "--config",
-    "config_json",
-    default=None,
-    help="JSON object (Kthena's): hf_token hf_endpoint access_key secret_key endpoint region addressing_style ...",
-)
-@click.option("--download-extra-config", default=None, help="AIBrix JSON: ak sk endpoint region num_threads ...")
-@click.option("--force", is_flag=True, help="Fetch every file again [env DOWNLOADER_FORCE_DOWNLOAD].")
-@click.option("-q", "--quiet", is_flag=True, help="No progress display; only the final line.")
-@click.option("--enable-progress-bar", is_flag=True, hidden=True, help="AIBrix flag; the bar shows on a terminal.")
-@click.option(
-    "--aibrix-layout", is_flag=True, hidden=True, help="As aibrix_download: LOCAL_DIR/MODEL_NAME, path printed."
-)
-def download(
-    source: str | None,
-    source_option: str | None,
-    model_uri: str | None,
-    part_size_mib: int | None,
-    enable_progress_bar: bool,
-    aibrix_layout: bool,
-    **options: Any,
-) -> None:
+@click.option("--model-uri", default=None, help="AIBrix spelling of SOURCE.")
+@settings_options(declared_in=CliDownload)
+def download(source: str | None, source_option: str | None, model_uri: str | None, **options: Any) -> None:
     """Download a model (HF org/repo, s3://, tos://, obs://, gs://, az://, pvc://, https://) into --local-dir.
 
     Exits 0 only when every file is complete and verified.
     """
-    from runtime.download.cli_run import CliDownload, run_cli_download
+    from runtime.download.cli_run import run_cli_download
 
     given = {value for value in (source, source_option, model_uri) if value}
     if not given:
         raise click.UsageError("give the SOURCE (or --source, or --model-uri)")
     if len(given) > 1:
         raise click.UsageError("give one source: SOURCE, --source or --model-uri")
-    source = given.pop()
-    if aibrix_layout:  # aibrix_download: the model goes into LOCAL_DIR/<its name>, whose path ends the output
+    asked = CliDownload(source=given.pop(), **options)
+    if asked.aibrix_layout:  # aibrix_download: the model goes into LOCAL_DIR/<its name>, whose path ends the output
         from runtime.download import aibrix
 
-        options["model_name"] = aibrix.model_name(source, options["model_name"])
-    target = run_cli_download(
-        CliDownload(
-            source=source,
-            part_size=part_size_mib * 1024 * 1024 if part_size_mib else None,
-            allow_patterns=options.pop("allow_pattern"),
-            ignore_patterns=options.pop("ignore_pattern"),
-            extra_config_json=options.pop("download_extra_config"),
-            **options,
-        )
-    )
-    if aibrix_layout:
+        asked = replace(asked, model_name=aibrix.model_name(asked.source, asked.model_name))
+    target = run_cli_download(asked)
+    if asked.aibrix_layout:
         click.echo(str(target))
 
 

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from runtime.config import Setting, declared_settings
+from runtime.config import ServeConfig, Setting, declared_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,11 +31,17 @@ def _whole(bound: float | None) -> int | None:
     return None if bound is None else int(bound)
 
 
-def settings_options(only: Collection[str] | None = None) -> Callable[[F], F]:
-    """Decorate a click command with an option per declared setting (or the named ones), in declaration order."""
+def _flag(declared: Setting) -> dict[str, Any]:
+    """click infers a --x/--no-x pair from its name; a plain flag (present or not) must be said so."""
+    return {"is_flag": True} if declared.kind == "flag" else {}
+
+
+def settings_options(only: Collection[str] | None = None, declared_in: Any = ServeConfig) -> Callable[[F], F]:
+    """Decorate a click command with an option per setting declared in a dataclass (or the named ones), in
+    declaration order."""
 
     def decorate(func: F) -> F:
-        for name, default, declared in reversed(declared_settings()):
+        for name, default, declared in reversed(declared_settings(declared_in)):
             if only is not None and name not in only:
                 continue
             names = [*declared.flags, name]
@@ -47,8 +53,11 @@ def settings_options(only: Collection[str] | None = None) -> Callable[[F], F]:
                 type=_param_type(declared),
                 multiple=declared.multiple,
                 envvar=env_names,
-                show_default=default not in (None, "", ()) and not declared.secret,
+                show_default=default not in (None, "", (), False) and not declared.secret,
                 help=help_text,
+                required=declared.required,
+                hidden=declared.hidden,
+                **_flag(declared),
             )
             func = option(func)
         return func

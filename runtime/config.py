@@ -33,12 +33,14 @@ class Setting:
     flags: tuple[str, ...]
     env: tuple[str, ...] = ()
     help: str = ""
-    kind: str = "str"  # str, int, float, bool (a --x/--no-x pair or a flag), choice, file, dir
+    kind: str = "str"  # str, int, float, bool (a --x/--no-x pair), flag (present or not), choice, file, dir
     low: float | None = None
     high: float | None = None
     choices: Callable[[], Sequence[str]] | None = None
     multiple: bool = False  # repeatable flag; its variable holds several values separated by ':'
     secret: bool = False  # masked by describe(), never logged
+    required: bool = False
+    hidden: bool = False  # accepted, not shown in --help (another product's flag that changes nothing here)
     parse: Callable[[Any], Any] | None = None  # normalisation and checks; raises ConfigError
 
 
@@ -313,7 +315,7 @@ class ServeConfig:
         return described
 
 
-def declared_settings(cls: type = ServeConfig) -> list[tuple[str, Any, Setting]]:
+def declared_settings(cls: Any = ServeConfig) -> list[tuple[str, Any, Setting]]:
     """(field name, default, Setting) of every declared setting, in declaration order."""
     found = []
     for item in fields(cls):

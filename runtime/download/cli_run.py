@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +16,13 @@ import click
 import orjson
 
 from runtime.download import aibrix
+from runtime.download.cli_args import CliDownload
 from runtime.download.env import DownloaderEnv
 from runtime.download.progress_view import human_bytes, show_progress
 from runtime.download.service import DownloadRequest, PreparedDownload, execute, prepare
 from runtime.download.transfer import DownloadResult, FileFilter, Progress
 from runtime.errors import SidecarError
 from runtime.fields import split_list
-
-
-@dataclass(frozen=True)
-class CliDownload:
-    """What the command line asked for; None where a flag was not given."""
-
-    source: str
-    local_dir: str
-    model_name: str | None = None
-    revision: str | None = None
-    allow_suffix: str | None = None
-    allow_patterns: tuple[str, ...] = ()
-    ignore_patterns: tuple[str, ...] = ()
-    max_workers: int | None = None
-    part_size: int | None = None
-    config_json: str | None = None
-    extra_config_json: str | None = None
-    force: bool = False
-    quiet: bool = False
 
 
 def _json_object(raw: str | None, option: str) -> dict[str, Any] | None:
@@ -64,8 +46,8 @@ def build_request(asked: CliDownload, env: DownloaderEnv) -> DownloadRequest:
     transfer = options.transfer
     if asked.max_workers is not None:
         transfer = replace(transfer, max_workers=asked.max_workers)
-    if asked.part_size is not None:
-        transfer = replace(transfer, part_size=asked.part_size)
+    if asked.part_size_mib is not None:
+        transfer = replace(transfer, part_size=asked.part_size_mib * 1024 * 1024)
     if asked.force:
         transfer = replace(transfer, force=True)
     suffixes = split_list(asked.allow_suffix) if asked.allow_suffix is not None else options.file_filter.allow_suffixes
