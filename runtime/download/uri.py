@@ -2,8 +2,8 @@
 
 Accepted forms: `org/repo` and `hf://org/repo[@revision]` (HuggingFace), `ms://owner/name` (Kthena) and
 `modelscope://owner/name[:revision]` (KServe) for ModelScope (either scheme takes the `:revision`), `s3://`,
-`tos://`, `obs://`, `gs://`, `az://container/prefix` (object stores), `pvc://path` and `file:///path` or an absolute
-path (mounted volumes), and `https://host/path/file` (one file over HTTPS).
+`tos://`, `obs://`, `gs://`, `az://container/prefix` (object stores), `pvc://path` (`/path`, as Kthena mounts a
+claim), `file:///path` or an absolute path (mounted volumes), and `https://host/path/file` (one file over HTTPS).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from runtime.errors import SourceError
+
 OBJECT_STORE_SCHEMES = ("s3", "tos", "obs", "gs", "az")
 MODELSCOPE_SCHEMES = ("ms", "modelscope")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class SourceError(ValueError):
-    """The source cannot be understood; the message says which form was expected."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,8 @@ class SourceSpec:
             return f"{self.scheme}://{self.location}/{self.prefix}".rstrip("/")
         if self.scheme == "https":
             parts = urlsplit(self.location)
-            return f"{parts.scheme}://{parts.hostname}{parts.path}"  # never the query: it may hold a signature
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"  # no user, no query: they may hold secrets
         return self.location
 
 
@@ -59,10 +58,9 @@ def parse_source(raw: str, revision: str | None = None) -> SourceSpec:
                 raise SourceError(f"{raw!r}: expected {scheme}://BUCKET[/PREFIX]")
             return SourceSpec(scheme=scheme, location=bucket, prefix=prefix.strip("/"))
         if scheme in ("pvc", "file"):
-            path = "/" + rest.lstrip("/") if scheme == "file" or rest.startswith("/") else rest
-            if not path:
+            if not rest.strip("/"):
                 raise SourceError(f"{raw!r}: expected {scheme}://PATH")
-            return SourceSpec(scheme="local", location=path)
+            return SourceSpec(scheme="local", location="/" + rest.lstrip("/"))  # pvc://models is /models, as Kthena
         if scheme in ("https", "http"):
             if not urlsplit(text).hostname:
                 raise SourceError(f"{raw!r}: expected https://HOST/PATH")

@@ -38,8 +38,8 @@ from runtime.download.uri import SourceError, parse_source
 from runtime.metrics.rules import build_ruleset
 from runtime.server.app import create_app
 from runtime.server.download_routes import DOWNLOADS
-from runtime.server.openapi_route import load_spec
 from tests.support.lora_engines import VllmLoraEngine, make_adapter
+from tests.support.rewrite import load_spec
 from tests.unit.test_server import make_config
 
 pytestmark = pytest.mark.e2e

@@ -42,7 +42,7 @@ async def adapters(client: Client) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in listing["data"]}
 
 
-async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_passes_404_through(
+async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_is_idempotent(
     client: Client, vllm: VllmLoraEngine, tmp_path: Path
 ) -> None:
     a = make_adapter(tmp_path / "a")
@@ -64,7 +64,11 @@ async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_pa
     status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a"})
     assert status == 200 and vllm.adapters == {}
     status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a"})
-    assert status == 404 and "cannot be found" in body["error"]  # the engine's 404, not AIBrix's 200
+    assert status == 200 and body["message"] == "adapter 'lora-a' was not loaded"  # AIBrix's controller needs 200
+    status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a", "lora_int_id": 1})
+    assert status == 404 and "cannot be found" in body["error"]  # AIBrix's direct form: the engine's 404
+    status, body = await post(client, "/v1/unload_lora_adapter", {"lora_name": "lora-a"})
+    assert status == 404 and "cannot be found" in body["error"]  # Kthena's: the engine's 404 passes through
 
 
 async def test_kthena_load_downloads_from_the_hub_once(client: Client, vllm: VllmLoraEngine, tmp_path: Path) -> None:

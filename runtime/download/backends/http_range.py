@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from runtime.download.backends.base import DownloadError, RetryableError
+from runtime.errors import DownloadError, RetryableError
 
 CHUNK = 1024 * 1024
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
@@ -54,15 +54,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def status_error(status: int, what: str, headers: Mapping[str, str] | None = None) -> DownloadError:
     if status in (401, 403):
-        return DownloadError(f"{what}: access denied (HTTP {status}); check the token or keys", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied (HTTP {status}); check the token or keys", reason="unauthorized", status=403
+        )
     if status == 404:
-        return DownloadError(f"{what}: not found (HTTP 404)", "not_found", 404)
+        return DownloadError(f"{what}: not found (HTTP 404)", reason="not_found", status=404)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after((headers or {}).get("Retry-After"))
         hint = f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""
         throttled = status == 429 or (status == 503 and retry_after is not None)
         return RetryableError(f"{what}: HTTP {status_text(status)}{hint}", throttled=throttled, retry_after=retry_after)
-    return DownloadError(f"{what}: HTTP {status_text(status)}", "http_status", 502)
+    return DownloadError(f"{what}: HTTP {status_text(status)}", reason="http_status", status=502)
 
 
 def connection_error(exc: BaseException, url: str, what: str) -> RetryableError:

@@ -34,7 +34,7 @@ from urllib.parse import quote_plus, urljoin
 import aiohttp
 import orjson
 
-from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import RemoteFile
 from runtime.download.backends.http_range import (
     connection_error,
     new_session,
@@ -46,6 +46,7 @@ from runtime.download.backends.http_range import (
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
+from runtime.errors import DownloadError, RetryableError
 
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 DEFAULT_REVISION = "master"
@@ -196,7 +197,7 @@ class ModelScopeBackend:
                 return await self._list_once(params)
             except RetryableError as failure:
                 if attempt == LIST_ATTEMPTS:
-                    raise DownloadError(str(failure), failure.reason, failure.status) from None
+                    raise DownloadError(str(failure), reason=failure.reason, status=failure.status) from None
                 delay = LIST_BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random())
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, LIST_RETRY_AFTER_CAP))
@@ -230,8 +231,8 @@ class ModelScopeBackend:
             detail = _server_message(body)
             return DownloadError(
                 f"{name}: access denied (HTTP {status}); {hint}" + (f" ({detail})" if detail else ""),
-                "unauthorized",
-                403,
+                reason="unauthorized",
+                status=403,
             )
         failure = status_error(status, name, headers)
         if isinstance(failure, RetryableError):
@@ -314,7 +315,7 @@ class ModelScopeBackend:
             return response
         response.release()
         if response.status == 404:
-            raise DownloadError(f"{what}: not found at that revision (HTTP 404)", "not_found", 404)
+            raise DownloadError(f"{what}: not found at that revision (HTTP 404)", reason="not_found", status=404)
         raise status_error(response.status, what, response.headers)
 
     async def close(self) -> None:
