@@ -50,10 +50,27 @@ CREDENTIAL_KEYS = {
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Kubernetes object name
 
 
+# The optional fields' types (null is always allowed); lora_name, lora_path and load_inplace are read by the route.
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "artifact_url": str,
+    "credentials_secret": str,
+    "local_dir": str,
+    "cleanup_local": bool,
+    "lora_int_id": int,
+}
+
+
 def check_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Unknown fields, and optional fields of the wrong type or empty, are 422 as in AIBrix's models."""
     unknown = sorted(str(key) for key in body if key not in allowed)
     if unknown:
         raise ApiError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}", 422)
+    for key, kind in FIELD_TYPES.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind) or value == "":
+            raise ApiError(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}", 422)
 
 
 def artifact_source(url: str) -> str:

@@ -257,3 +257,36 @@ async def test_desired_file_loads_unloads_and_survives_a_broken_edit(
     assert watcher.last_error is not None and set(vllm.adapters) == {"lora-a"}
     listed = await adapters(client)
     assert listed["lora-a"]["from_file"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/v1/lora_adapter/load", {"lora_name": "a", "lora_path": "/x", "lora_pth": "/x"}, "lora_pth"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": ""}, "artifact_url"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "ftp://x/y"}, "artifact_url"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "s3://b/p", "credentials": {"k": 1}}, "credentials"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "s3://b/p", "credentials_secret": "../etc"}, "credentials_secret"),
+        ("/v1/lora_adapter/unload", {"lora_name": "a", "lora_int_id": {}}, "lora_int_id"),
+        ("/v1/lora_adapter/unload", {"lora_name": "a", "cleanup_local": "yes"}, "cleanup_local"),
+    ],
+)
+async def test_aibrix_forms_refuse_bad_fields_naming_them(client: Client, path: str, body: dict[str, Any], named: str) -> None:
+    status, answer = await post(client, path, body)
+    assert status in (400, 422), answer
+    assert named in answer["error"]
+
+
+async def test_aibrix_delegated_load_reads_a_mounted_credentials_secret(tmp_path: Path) -> None:
+    from runtime.lora.aibrix import artifact_config, artifact_source
+
+    secret = tmp_path / "secrets" / "s3-creds"
+    secret.mkdir(parents=True)
+    (secret / "aws_access_key_id").write_text("AKIAMOUNTED\n")
+    (secret / "aws_secret_access_key").write_text("mounted-secret")
+    (secret / "unrelated").write_text("ignored")
+    (secret / "..data").mkdir()
+    config = artifact_config({"credentials_secret": "s3-creds", "additional_config": {"endpoint": "http://s3:9000"}}, tmp_path / "secrets")
+    assert config == {"access_key": "AKIAMOUNTED", "secret_key": "mounted-secret", "endpoint": "http://s3:9000"}
+    assert artifact_source("gcs://bucket/lora") == "gs://bucket/lora"
+    assert artifact_source("huggingface://org/lora") == "org/lora"
