@@ -539,14 +539,6 @@ class ModelScopeEmulator(ThreadedServer):
     def storage_port(self) -> int:
         return self._app.storage_port
 
-    @property
-    def url_ttl(self) -> float:
-        return self._app.url_ttl
-
-    @url_ttl.setter
-    def url_ttl(self, seconds: float) -> None:
-        self._app.url_ttl = seconds
-
     def add_repo(
         self,
         repo_id: str,
