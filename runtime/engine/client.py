@@ -18,9 +18,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from runtime.config import public_url
 from runtime.engine.bounded_read import BodyTooLarge, read_bounded
 from runtime.errors import EngineError
+from runtime.urls import public_url
 
 SCRAPE_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 

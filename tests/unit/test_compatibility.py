@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from runtime.cli import cli, route
-from runtime.config import declared_settings
+from runtime.config import ServeConfig
 from runtime.download import aibrix as aibrix_download
 from runtime.download.credentials import _ENV, CONFIG_KEYS
 from runtime.server.app import ROUTES
+from runtime.settings import declared_settings
 from tests.support.compatibility import ROWS, markdown
 from tests.support.rewrite import load_spec
 
@@ -46,7 +47,7 @@ def holds(check: tuple[Any, ...]) -> bool:
     if kind == "args":
         return route("airuntime", list(rest[0]))[0][0] == rest[1]
     if kind == "setting-env":
-        return any(rest[0] in setting.env for _, _, setting in declared_settings())
+        return any(rest[0] in setting.env for _, _, setting in declared_settings(ServeConfig))
     if kind == "downloader-env":
         return rest[0] in DOWNLOADER_VARIABLES
     if kind == "credential-env":

@@ -26,12 +26,12 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.config import public_url
 from runtime.download.backends.base import Chunk, RemoteFile
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
 from runtime.errors import DownloadError, RetryableError
+from runtime.urls import public_url
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
