@@ -25,6 +25,8 @@ def mask_secret(secret: str) -> str:
 def shown_url(url: str) -> str:
     """A URL as it may appear in logs, answers and errors: no user, password, query or fragment (a signed URL's
     signature is in its query). Never raises."""
+    if "://" not in url:
+        return url.rpartition("@")[2].split("?", 1)[0].split("#", 1)[0]  # a bare host[:port][/path]
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else "<not a URL>"
+    return f"{parts.scheme}://{host}{parts.path}"

@@ -114,8 +114,8 @@ class EngineClient:
                 if r.status != 200:
                     return None
                 return orjson.loads(await read_bounded(r))
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, BodyTooLarge):
-            return None
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, BodyTooLarge, RuntimeError):
+            return None  # RuntimeError: the client closed under a late version probe at shutdown
 
     async def call(
         self, method: str, path: str, body: dict[str, Any] | None, auth: str | None, timeout: float

@@ -31,7 +31,7 @@ from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
 from runtime.errors import DownloadError, RetryableError
-from runtime.urls import public_url
+from runtime.urls import shown_url
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
@@ -235,12 +235,12 @@ class ObjectStoreBackend:
 
 def _endpoint_tried(spec: SourceSpec, settings: SourceSettings) -> str:
     """Where a listing went, for its error message: the endpoint and the addressing style of S3-protocol stores."""
-    if spec.scheme in ("gs", "az"):
-        return f"endpoint {settings.endpoint}" if settings.endpoint else f"{spec.scheme} default endpoint"
+    if spec.scheme in ("gs", "az"):  # an Azure endpoint may carry a SAS query: shown without it
+        return f"endpoint {shown_url(settings.endpoint)}" if settings.endpoint else f"{spec.scheme} default endpoint"
     region = settings.region or DEFAULT_REGIONS[spec.scheme]
     endpoint = provider_endpoint(spec.scheme, settings, region)
     style = addressing_style(settings, endpoint)
-    shown = public_url(endpoint.split("?", 1)[0]) if endpoint else "AWS S3"
+    shown = shown_url(endpoint) if endpoint else "AWS S3"
     return f"endpoint {shown}, {'virtual-hosted' if style == 'virtual' else 'path'}-style requests"
 
 
