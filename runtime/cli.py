@@ -1,7 +1,11 @@
-"""The `airuntime` command line: `serve`, `download`, `probe` and `metrics rewrite`.
+"""The `airuntime` command line: `serve`, `download`, `probe` and `metrics rewrite`, and what runs when the program
+is invoked under another name or with arguments alone.
 
-`serve`'s options come from the settings declared in runtime/config.py (flag > AIRUNTIME_* > AIBrix's or Kthena's
-variable > default). Bad input ends with one readable line on stderr and a non-zero exit, never a traceback.
+`serve`'s and `download`'s options come from settings declared once (runtime/config.py, runtime/download/cli_args.py:
+flag > AIRUNTIME_* > AIBrix's or Kthena's variable > default). `route` picks the command: under AIBrix's names
+(`aibrix_runtime`, `aibrix_download`) with AIBrix's defaults; arguments that start with an option run `serve`, or
+`download` when they name a source (Kthena's image entry points). Bad input ends with one readable line on stderr
+and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations

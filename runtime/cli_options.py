@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
-from runtime.config import ServeConfig, Setting, declared_settings
+from runtime.config import ServeConfig
+from runtime.settings import Setting, declared_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

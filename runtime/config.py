@@ -21,47 +21,11 @@ from yarl import URL
 
 from runtime.download.env import DownloaderEnv
 from runtime.errors import ConfigError
+from runtime.settings import setting
+from runtime.urls import mask_secret, public_url
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How one setting is given: flags (the first long one names it), variables, and what its value may be."""
-
-    flags: tuple[str, ...]
-    env: tuple[str, ...] = ()
-    help: str = ""
-    kind: str = "str"  # str, int, float, bool (a --x/--no-x pair), flag (present or not), choice, file, dir
-    low: float | None = None
-    high: float | None = None
-    choices: Callable[[], Sequence[str]] | None = None
-    multiple: bool = False  # repeatable flag; its variable holds several values separated by ':'
-    secret: bool = False  # masked by describe(), never logged
-    required: bool = False
-    hidden: bool = False  # accepted, not shown in --help (another product's flag that changes nothing here)
-    parse: Callable[[Any], Any] | None = None  # normalisation and checks; raises ConfigError
-
-
-def setting(default: Any, *flags: str, **options: Any) -> Any:
-    """A dataclass field declared with its flags and variables (see Setting)."""
-    return field(default=default, metadata={"setting": Setting(flags=flags, **options)})
-
-
-def public_url(url: str) -> str:
-    """The URL as it may appear in logs, errors and /ready: no user or password."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parsed.user is None and parsed.password is None:
-        return url
-    return str(parsed.with_user(None).with_password(None))
-
-
-def mask_secret(secret: str) -> str:
-    return "****" if secret else ""
 
 
 def normalize_engine_url(raw: str) -> str:
@@ -313,13 +277,3 @@ class ServeConfig:
         described["engine_url"] = public_url(self.engine_url)
         described["allowed_roots"] = list(self.allowed_roots)
         return described
-
-
-def declared_settings(cls: Any = ServeConfig) -> list[tuple[str, Any, Setting]]:
-    """(field name, default, Setting) of every declared setting, in declaration order."""
-    found = []
-    for item in fields(cls):
-        declared = item.metadata.get("setting")
-        if declared is not None:
-            found.append((item.name, item.default, declared))
-    return found

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.config import setting
+from runtime.settings import setting
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def env_int(environ: Mapping[str, str], name: str, low: int, high: int) -> int |
     if raw is None or not raw.strip():
         return None
     text = raw.strip()
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
         raise ConfigError(f"{name}={raw!r}: must be a whole number from {low} to {high}")
     return int(text)
 

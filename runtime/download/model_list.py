@@ -28,12 +28,19 @@ def find_models(root: Path) -> list[tuple[Path, str]]:
         directory, depth = pending.pop()
         visited += 1
         manifest = meta_dir(directory) / MANIFEST_NAME
-        if manifest.is_file():
+        if _is_file(manifest):
             found.append((directory, _source_of(manifest)))
             continue
         if depth < MAX_DEPTH:
             pending.extend((child, depth + 1) for child in _subdirectories(directory))
     return sorted(found)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a folder we may not read: nothing listed there
+        return False
 
 
 def _source_of(manifest: Path) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from runtime.errors import SourceError
+from runtime.urls import shown_url
 
 OBJECT_STORE_SCHEMES = ("s3", "tos", "obs", "gs", "az")
 MODELSCOPE_SCHEMES = ("ms", "modelscope")
@@ -34,9 +35,7 @@ class SourceSpec:
         if self.scheme in OBJECT_STORE_SCHEMES:
             return f"{self.scheme}://{self.location}/{self.prefix}".rstrip("/")
         if self.scheme == "https":
-            parts = urlsplit(self.location)
-            port = f":{parts.port}" if parts.port else ""
-            return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"  # no user, no query: they may hold secrets
+            return shown_url(self.location)
         return self.location
 
 
@@ -62,8 +61,13 @@ def parse_source(raw: str, revision: str | None = None) -> SourceSpec:
                 raise SourceError(f"{raw!r}: expected {scheme}://PATH")
             return SourceSpec(scheme="local", location="/" + rest.lstrip("/"))  # pvc://models is /models, as Kthena
         if scheme in ("https", "http"):
-            if not urlsplit(text).hostname:
-                raise SourceError(f"{raw!r}: expected https://HOST/PATH")
+            parts = urlsplit(text)
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a port that is no number from 0 to 65535
+            except ValueError:
+                raise SourceError(f"{shown_url(text)!r}: the port is not a number from 1 to 65535") from None
+            if not parts.hostname:
+                raise SourceError(f"{shown_url(text)!r}: expected https://HOST/PATH")
             return SourceSpec(scheme="https", location=text)
         raise SourceError(
             f"{raw!r}: unknown scheme {scheme!r}; use org/repo, hf://, ms://, modelscope://, s3://, tos://, obs://, "

@@ -18,9 +18,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from runtime.config import public_url
 from runtime.engine.bounded_read import BodyTooLarge, read_bounded
 from runtime.errors import EngineError
+from runtime.urls import public_url
 
 SCRAPE_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 
@@ -114,8 +114,8 @@ class EngineClient:
                 if r.status != 200:
                     return None
                 return orjson.loads(await read_bounded(r))
-        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, BodyTooLarge):
-            return None
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, BodyTooLarge, RuntimeError):
+            return None  # RuntimeError: the client closed under a late version probe at shutdown
 
     async def call(
         self, method: str, path: str, body: dict[str, Any] | None, auth: str | None, timeout: float

@@ -7,7 +7,7 @@
   LOCAL_DIR/NAME (default: the adapters folder, which AIBrix's webhook shares with the engine) and loaded from there.
   AIBrix's schemes: s3, gcs, tos, huggingface, http(s); credentials come from the body, else from the files of
   `/var/run/secrets/aibrix/<credentials_secret>/` (one key per file); `additional_config` is merged over them.
-  Credential keys are AIBrix's (`CREDENTIAL_KEYS`); other keys of a Secret are not ours to read and are ignored.
+  Credential keys are AIBrix's (`CREDENTIAL_KEYS`); other keys of a Secret are not ours to read: never read.
 Unknown body keys are refused (AIBrix's own models forbid them).
 """
 
@@ -77,18 +77,19 @@ def artifact_source(url: str) -> str:
     """AIBrix's artifact URL as our source: gcs:// is gs://, huggingface://org/name is a Hugging Face repo."""
     scheme, sep, rest = url.partition("://")
     ours = SCHEMES.get(scheme.lower()) if sep else None
-    if ours is None:
-        raise ApiError(f"artifact_url {url!r}: the scheme must be one of {', '.join(SCHEMES)}")
+    if ours is None:  # the URL itself is not echoed: it may carry a password
+        shown = f"scheme {scheme[:20]!r}" if sep else "no scheme"
+        raise ApiError(f"artifact_url has {shown}; it must be one of {', '.join(SCHEMES)}", 422)
     return rest if ours == "hf" else f"{ours}://{rest}"
 
 
-def artifact_config(body: dict[str, Any], secrets_mount: Path = SECRETS_MOUNT) -> dict[str, Any]:
+def artifact_config(body: dict[str, Any], secrets_mount: Path | None = None) -> dict[str, Any]:
     """Our download config from AIBrix's credentials: the body's, else the mounted Secret's, then
     additional_config over them."""
     credentials = _string_map(body.get("credentials"), "credentials")
     secret = body.get("credentials_secret")
     if not credentials and secret:
-        credentials = _read_secret(secret, secrets_mount)
+        credentials = _read_secret(secret, SECRETS_MOUNT if secrets_mount is None else secrets_mount)
     credentials.update(_string_map(body.get("additional_config"), "additional_config"))
     return {ours: credentials[theirs] for theirs, ours in CREDENTIAL_KEYS.items() if credentials.get(theirs)}
 
@@ -108,7 +109,11 @@ def _read_secret(name: Any, mount: Path) -> dict[str, str]:
     if not folder.is_dir():
         raise ApiError(f"credentials_secret {name!r} is not mounted at {folder}", 400)
     found = {}
-    for entry in folder.iterdir():  # a mounted Secret: one file per key (`..data` and friends are its plumbing)
-        if not entry.name.startswith("..") and entry.is_file():
-            found[entry.name] = entry.read_text(encoding="utf-8").strip()
+    for key in CREDENTIAL_KEYS:  # a mounted Secret holds one file per key; only the keys we use are read
+        entry = folder / key
+        try:
+            if entry.is_file():
+                found[key] = entry.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ApiError(f"credentials_secret {name!r}: key {key!r} cannot be read as text", 400) from None
     return found

@@ -80,10 +80,19 @@ def check_name(name: Any) -> str:
     return name
 
 
+def exists(path: Path, kind: str = "dir") -> bool:
+    """Whether `path` is a directory (or a file): False, not an exception, for a name too long or a folder that
+    cannot be read."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
+
+
 def check_adapter_dir(path: Path) -> None:
-    if not path.is_dir():
+    if not exists(path):
         raise LoraError(f"adapter path {path} is not a directory on the sidecar's volume")
-    if not (path / "adapter_config.json").is_file():
+    if not exists(path / "adapter_config.json", "file"):
         raise LoraError(f"adapter path {path} has no adapter_config.json: not a PEFT LoRA adapter")
 
 
@@ -137,7 +146,7 @@ class LoraManager:
         """(source, None) when `value` names no local directory but parses as a download source, else (None,
         value): a missing directory is then reported as such."""
         local = Path(value) if Path(value).is_absolute() else self._adapters_dir / value
-        if local.is_dir() or value.startswith(("/", "./", "../")):
+        if exists(local) or value.startswith(("/", "./", "../")):
             return None, value
         try:
             parse_source(value)
@@ -175,7 +184,12 @@ class LoraManager:
             if download is not None:
                 record.source, record.download = prepare(download).describe(), download
             self._records[name] = record
-            await self._bring_up(record, engine, inplace, auth, "load")
+            try:
+                await self._bring_up(record, engine, inplace, auth, "load")
+            except SidecarError as exc:
+                if existing is None and exc.status < 500 and not from_file:
+                    self._forget(record)  # the caller's mistake: nothing to keep loaded (an engine outage is retried)
+                raise
             return record, True
 
     async def unload(self, name: str, auth: str | None = None) -> AdapterRecord | None:
@@ -214,12 +228,16 @@ class LoraManager:
             return f"adapter {name!r} was not loaded"
         return f"adapter {name!r} unloaded"
 
-    async def remove_downloaded(self, name: str) -> None:
-        """Delete ADAPTERS_DIR/NAME (AIBrix's cleanup_local): only there, never a path a caller named elsewhere."""
-        check_name(name)
-        folder = self._adapters_dir / name
-        if folder.is_dir() and not folder.is_symlink():
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+    async def unload_and_remove(self, name: str, auth: str | None = None) -> str:
+        """AIBrix's unload with cleanup_local: unload (idempotently), then delete ADAPTERS_DIR/NAME, both under the
+        name's lock so a load of the same name waits for the folder to be gone. Only there: never a path a caller
+        named elsewhere."""
+        message = await self.unload_idempotent(name, auth)
+        async with self._lock(name):
+            folder = self._adapters_dir / name
+            if exists(folder) and not folder.is_symlink() and name not in self._records:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+        return message
 
     async def engine_models(self, auth: str | None = None) -> tuple[int, Any]:
         """The engine's `GET /v1/models` answer (status, document), for AIBrix's controller."""
@@ -298,6 +316,8 @@ class LoraManager:
                     await self._bring_up(record, engine, False, None, "reload")
                 except SidecarError:
                     continue
+                except Exception:  # one adapter's surprise must not stop the others from being reloaded
+                    log.exception("reloading an adapter failed", extra={"fields": {"adapter": name}})
 
     async def run_reconciler(self, interval: float) -> None:
         while True:
@@ -320,27 +340,10 @@ class LoraManager:
     async def _bring_up(self, record: AdapterRecord, engine: str, inplace: bool, auth: str | None, op: str) -> None:
         started = time.perf_counter()
         try:
-            downloaded_before = (meta_dir(Path(record.path)) / MANIFEST_NAME).is_file()
-            if record.download is not None and not (op == "reload" and downloaded_before):
-                record.set_state("downloading")
-                self._update_gauges()
-                try:
-                    await execute(prepare(record.download))
-                except DownloadError as exc:
-                    raise LoraError(
-                        f"downloading adapter {record.name!r} failed: {exc}", exc.status, exc.reason
-                    ) from None
-            await asyncio.to_thread(check_adapter_dir, Path(record.path))
-            record.set_state("loading")
-            self._update_gauges()
             try:
-                await self._api.load(engine, record.name, record.path, inplace, auth)
-            except EngineError as exc:
-                if not (
-                    exc.status == 400 and "already" in str(exc).lower() and await self._engine_has(record, engine, auth)
-                ):
-                    raise
-                # else: loaded by an earlier life of this sidecar under the same name and path
+                await self._download_and_load(record, engine, inplace, auth, op)
+            except OSError as exc:
+                raise LoraError(f"adapter {record.name!r}: {exc.strerror or exc}: {record.path}") from None
         except SidecarError as exc:
             record.failures += 1
             record.retry_at = time.monotonic() + min(MAX_BACKOFF, 2.0**record.failures)
@@ -356,6 +359,29 @@ class LoraManager:
         self._update_gauges()
         log.info("adapter loaded", extra={"fields": {"adapter": record.name, "path": record.path, "operation": op}})
 
+    async def _download_and_load(
+        self, record: AdapterRecord, engine: str, inplace: bool, auth: str | None, op: str
+    ) -> None:
+        downloaded_before = exists(meta_dir(Path(record.path)) / MANIFEST_NAME, "file")
+        if record.download is not None and not (op == "reload" and downloaded_before):
+            record.set_state("downloading")
+            self._update_gauges()
+            try:
+                await execute(prepare(record.download))
+            except DownloadError as exc:
+                raise LoraError(f"downloading adapter {record.name!r} failed: {exc}", exc.status, exc.reason) from None
+        await asyncio.to_thread(check_adapter_dir, Path(record.path))
+        record.set_state("loading")
+        self._update_gauges()
+        try:
+            await self._api.load(engine, record.name, record.path, inplace, auth)
+        except EngineError as exc:
+            if not (
+                exc.status == 400 and "already" in str(exc).lower() and await self._engine_has(record, engine, auth)
+            ):
+                raise
+            # else: loaded by an earlier life of this sidecar under the same name and path
+
     async def _engine_has(self, record: AdapterRecord, engine: str, auth: str | None) -> bool:
         try:
             loaded = await self._api.loaded(engine, auth)
@@ -363,6 +389,11 @@ class LoraManager:
             return False
         adapter = loaded.get(record.name)
         return adapter is not None and (adapter.path is None or Path(adapter.path) == Path(record.path))
+
+    def _forget(self, record: AdapterRecord) -> None:
+        if self._records.get(record.name) is record:
+            del self._records[record.name]
+            self._update_gauges()
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -245,7 +245,9 @@ def _source(raw: Any, label: str) -> SourceSpec:
             raise RulesError(f"{label}: 'match' must be an object with exactly one label")
         ((label_name, label_value),) = match.items()
         _check(NAME_PART, str(label_name), f"{label}: match label")
-        pair = (str(label_name), str(label_value))
+        if not isinstance(label_value, str):  # YAML's `true` would become "True" and never match
+            raise RulesError(f"{label}: the match value of {label_name!r} must be a string (quote it)")
+        pair = (str(label_name), label_value)
     divide_by = entry.get("divide_by")
     if divide_by is not None and (
         isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or not divide_by > 0

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from runtime.download.credentials import config_from_request
 from runtime.download.service import DownloadRequest
+from runtime.errors import ApiError
 from runtime.fields import field_bool, field_int, field_str
 from runtime.lora import aibrix
 from runtime.lora.manager import AdapterRecord, LoraManager
@@ -75,21 +76,24 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def aibrix_load(request: web.Request) -> web.Response:
+    """AIBrix's load, direct (`lora_path`) or delegated (`artifact_url`); malformed fields are 422, as AIBrix's."""
     body = await read_json_object(request)
     aibrix.check_keys(body, aibrix.LOAD_KEYS)
-    name = field_str(body, "lora_name")
+    name = field_str(body, "lora_name", status=422)
     manager = request.app[LORA]
-    artifact = field_str(body, "artifact_url", required=False)
+    artifact = field_str(body, "artifact_url", required=False, status=422)
+    if artifact is not None and body.get("lora_path") is not None:
+        raise ApiError("give lora_path (an adapter to load) or artifact_url (one to download), not both", 422)
     if artifact is not None:  # AIBrix's controller in sidecar mode: download the artifact, then load it
         local_dir = field_str(body, "local_dir", required=False)
         path, download = manager.prepare_load(
             name,
             source=aibrix.artifact_source(artifact),
-            output_dir=str(Path(local_dir) / name) if local_dir else None,
+            output_dir=str(Path(local_dir) / name) if local_dir else None,  # local_dir: type checked above
             config=aibrix.artifact_config(body),
         )
     else:
-        path, download = manager.prepare_load(name, lora_path_or_source=field_str(body, "lora_path"))
+        path, download = manager.prepare_load(name, lora_path_or_source=field_str(body, "lora_path", status=422))
     _check_paths(request, path, download)
     record, changed = await manager.load(
         name, path, download, inplace=field_bool(body, "load_inplace", False), auth=_auth(request)
@@ -103,22 +107,24 @@ async def aibrix_unload(request: web.Request) -> web.Response:
     adapters folder; `{"lora_name", "lora_int_id"}` passes the engine's answer through."""
     body = await read_json_object(request)
     aibrix.check_keys(body, aibrix.UNLOAD_KEYS)
-    name = field_str(body, "lora_name")
+    name = field_str(body, "lora_name", status=422)
     manager = request.app[LORA]
     if body.get("lora_int_id") is not None:
         await manager.unload(name, auth=_auth(request))
         return json_response({"status": "success", "message": f"adapter {name!r} unloaded", "lora_name": name})
-    message = await manager.unload_idempotent(name, auth=_auth(request))
-    if field_bool(body, "cleanup_local", True):
-        await manager.remove_downloaded(name)
+    if field_bool(body, "cleanup_local", True, 422):
+        message = await manager.unload_and_remove(name, auth=_auth(request))
+    else:
+        message = await manager.unload_idempotent(name, auth=_auth(request))
     return json_response({"status": "success", "message": message, "lora_name": name})
 
 
 async def engine_models(request: web.Request) -> web.Response:
     """`GET /v1/models` of the engine, through the sidecar (AIBrix's controller asks the sidecar for it)."""
     status, payload = await request.app[LORA].engine_models(_auth(request))
-    if not isinstance(payload, dict | list):
-        payload = {"error": f"engine: {payload or 'no answer'}", "status": status}
+    if not isinstance(payload, dict | list):  # not a JSON document: the engine's answer cannot be passed on
+        status = status if status >= 400 else 502
+        payload = {"error": f"engine answered /v1/models without a JSON document (HTTP {status})", "status": status}
     return json_response(payload, status)
 
 

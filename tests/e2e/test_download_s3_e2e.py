@@ -88,6 +88,9 @@ def test_a_custom_endpoint_is_addressed_path_style_as_boto3_does(s3: S3Peer, tmp
     with pytest.raises(DownloadError, match="not found") as failure:
         download(f"{scheme}://models/no/such/prefix", tmp_path / "empty", cfg)
     assert f"endpoint {s3.endpoint}, path-style requests" in str(failure.value)
+    with pytest.raises(DownloadError, match="the bucket lists no object") as failure:  # was "0 file(s) but none matches"
+        download(f"{scheme}://empty-bucket", tmp_path / "bucket", cfg)
+    assert f"endpoint {s3.endpoint}, path-style requests" in str(failure.value) and failure.value.status == 404
 
 
 def test_single_part_etag_is_checked_as_md5_and_a_rerun_fetches_nothing(s3: S3Peer, tmp_path: Path) -> None:

@@ -9,16 +9,18 @@ from typing import Any
 import pytest
 
 from runtime.cli import cli, route
-from runtime.config import declared_settings
+from runtime.config import ServeConfig
 from runtime.download import aibrix as aibrix_download
 from runtime.download.credentials import _ENV, CONFIG_KEYS
+from runtime.download.env import DownloaderEnv
 from runtime.server.app import ROUTES
+from runtime.settings import declared_settings
 from tests.support.compatibility import ROWS, markdown
 from tests.support.rewrite import load_spec
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-DOWNLOADER_VARIABLES = ("DOWNLOADER_NUM_THREADS", "DOWNLOADER_ALLOW_FILE_SUFFIX", "DOWNLOADER_FORCE_DOWNLOAD",
-                        "DOWNLOADER_PART_CHUNKSIZE")  # fmt: skip
+DOWNLOADER_SAMPLES = {"DOWNLOADER_NUM_THREADS": "4", "DOWNLOADER_ALLOW_FILE_SUFFIX": "json",
+                      "DOWNLOADER_FORCE_DOWNLOAD": "1", "DOWNLOADER_PART_CHUNKSIZE": "8388608"}  # fmt: skip
 
 
 def options_of(command: str) -> set[str]:
@@ -38,7 +40,10 @@ def body_fields(method: str, path: str) -> set[str]:
 
 
 def holds(check: tuple[Any, ...]) -> bool:
+    """Whether a row's check holds; a list as the last element means every item of it."""
     kind, *rest = check
+    if rest and isinstance(rest[-1], list) and kind not in ("args",):
+        return all(holds((kind, *rest[:-1], item)) for item in rest[-1])
     if kind == "option":
         return rest[1] in options_of(rest[0])
     if kind == "program":
@@ -46,9 +51,9 @@ def holds(check: tuple[Any, ...]) -> bool:
     if kind == "args":
         return route("airuntime", list(rest[0]))[0][0] == rest[1]
     if kind == "setting-env":
-        return any(rest[0] in setting.env for _, _, setting in declared_settings())
-    if kind == "downloader-env":
-        return rest[0] in DOWNLOADER_VARIABLES
+        return any(rest[0] in setting.env for _, _, setting in declared_settings(ServeConfig))
+    if kind == "downloader-env":  # the variable changes what DownloaderEnv reads
+        return DownloaderEnv.read({rest[0]: DOWNLOADER_SAMPLES[rest[0]]}) != DownloaderEnv()
     if kind == "credential-env":
         return any(rest[0] in names for table in _ENV.values() for names in table.values())
     if kind == "route":

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from runtime.config import ServeConfig, declared_settings
+from runtime.config import ServeConfig
 from runtime.download.env import DownloaderEnv
 from runtime.errors import ConfigError
+from runtime.settings import declared_settings
 from tests.unit.test_cli import effective_config, run_cli
 
 SAMPLE_VALUES: dict[str, tuple[str, Any]] = {
@@ -44,14 +45,14 @@ SKIPPED = {"metrics_rules", "lora_adapters_file", "api_token_file", "allowed_roo
 
 def test_every_declared_setting_is_in_the_sample_table() -> None:
     """Adding a setting is one declaration plus a line here: this test then checks its flag and its variables."""
-    declared = {name for name, _, _ in declared_settings()}
+    declared = {name for name, _, _ in declared_settings(ServeConfig)}
     assert declared == set(SAMPLE_VALUES) | SKIPPED
 
 
 @pytest.mark.parametrize("name", sorted(set(SAMPLE_VALUES) - SKIPPED))
 def test_each_setting_by_flag_and_by_every_variable(name: str) -> None:
     text, shown = SAMPLE_VALUES[name]
-    (setting,) = [declared for field, _, declared in declared_settings() if field == name]
+    (setting,) = [declared for field, _, declared in declared_settings(ServeConfig) if field == name]
     flag = next(flag for flag in setting.flags if flag.startswith("--")).split("/")[0]
     args = [flag, text] if setting.kind != "bool" else ([flag] if text == "true" else [f"--no-{flag[2:]}"])
     assert effective_config(args)[name] == shown

@@ -453,6 +453,8 @@ async def _listing(hub: HubEmulator, repo: str) -> list[object]:
         ("http://minio.storage.svc:9000", None, "path"),
         ("https://obs.test.com", "virtual", "virtual"),  # config addressing_style wins
         ("https://obs.cn-north-4.myhuaweicloud.com", "path", "path"),
+        ("https://s3.us-west-2.amazonaws.com#my.dotted.bucket", None, "path"),  # dots break the TLS wildcard
+        ("#my.dotted.bucket", None, "path"),
     ],
 )
 def test_addressing_style_is_virtual_only_for_the_providers_own_domains(
@@ -461,4 +463,5 @@ def test_addressing_style_is_virtual_only_for_the_providers_own_domains(
     from runtime.download.backends.objects import addressing_style
     from runtime.download.credentials import SourceSettings
 
-    assert addressing_style(SourceSettings(addressing_style=given), endpoint) == style
+    endpoint, _, bucket = (endpoint or "").partition("#")
+    assert addressing_style(SourceSettings(addressing_style=given), endpoint or None, bucket) == style

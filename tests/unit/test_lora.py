@@ -269,11 +269,12 @@ async def test_desired_file_loads_unloads_and_survives_a_broken_edit(
         ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "s3://b/p", "credentials_secret": "../etc"}, "credentials_secret"),
         ("/v1/lora_adapter/unload", {"lora_name": "a", "lora_int_id": {}}, "lora_int_id"),
         ("/v1/lora_adapter/unload", {"lora_name": "a", "cleanup_local": "yes"}, "cleanup_local"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "lora_path": "/x", "artifact_url": "s3://b/p"}, "not both"),
     ],
 )
 async def test_aibrix_forms_refuse_bad_fields_naming_them(client: Client, path: str, body: dict[str, Any], named: str) -> None:
     status, answer = await post(client, path, body)
-    assert status in (400, 422), answer
+    assert status == 422, answer  # as AIBrix's own models answer
     assert named in answer["error"]
 
 
@@ -290,3 +291,24 @@ async def test_aibrix_delegated_load_reads_a_mounted_credentials_secret(tmp_path
     assert config == {"access_key": "AKIAMOUNTED", "secret_key": "mounted-secret", "endpoint": "http://s3:9000"}
     assert artifact_source("gcs://bucket/lora") == "gs://bucket/lora"
     assert artifact_source("huggingface://org/lora") == "org/lora"
+
+
+async def test_a_path_the_filesystem_refuses_is_a_400_and_never_stops_the_reconciler(
+    client: Client, vllm: VllmLoraEngine, tmp_path: Path
+) -> None:
+    """A segment over 255 bytes (ENAMETOOLONG) used to be a 500 that left a record stuck in 'loading', on which every
+    reconcile round then stopped: the other adapters were never loaded again after an engine restart."""
+    good = make_adapter(tmp_path / "good")
+    assert (await post(client, "/v1/load_lora_adapter", {"lora_name": "good", "lora_path": str(good)}))[0] == 200
+    for path, body in [
+        ("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": "/" + "b" * 300}),
+        ("/v1/lora_adapter/load", {"lora_name": "bad2", "lora_path": "c" * 300}),
+    ]:
+        status, answer = await post(client, path, body)
+        assert status == 400, answer
+    assert set(await adapters(client)) == {"good"}  # nothing kept for a request that could never succeed
+    listing = await client.get("/v1/model/list", params={"local_dir": "/" + "d" * 300})
+    assert listing.status == 200 and (await listing.json())["data"] == []
+    vllm.restart()  # the engine forgets its adapters
+    await client.app[LORA].reconcile_once()
+    assert vllm.adapters == {"good": str(good)}

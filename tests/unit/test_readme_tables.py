@@ -49,10 +49,11 @@ def test_readme_engine_table_matches_the_rule_tables() -> None:
 
 def config_table_markdown() -> str:
     """The README's configuration table, from the settings declared in runtime/config.py."""
-    from runtime.config import declared_settings
+    from runtime.config import ServeConfig
+    from runtime.settings import declared_settings
 
     lines = ["| flag | what | variables (the first set wins) | default |", "|---|---|---|---|"]
-    for _, default, setting in declared_settings():
+    for _, default, setting in declared_settings(ServeConfig):
         flags = ", ".join(f"`{flag}`" for flag in setting.flags)
         if setting.choices is not None:
             flags += " " + "/".join(f"`{choice}`" for choice in setting.choices())

@@ -26,16 +26,17 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.config import public_url
 from runtime.download.backends.base import Chunk, RemoteFile
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
 from runtime.errors import DownloadError, RetryableError
+from runtime.urls import shown_url
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
 DEFAULT_REGIONS = {"s3": "us-east-1", "tos": "cn-beijing", "obs": "cn-north-4"}
+_DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # a bucket name usable as one host name label
 # Domains whose S3 endpoints take virtual-hosted requests (BUCKET.endpoint): AWS, Volcengine TOS, Huawei OBS.
 PROVIDER_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".volces.com", ".ivolces.com", ".myhuaweicloud.com",
                     ".myhuaweicloud.eu")  # fmt: skip
@@ -64,11 +65,14 @@ def provider_endpoint(scheme: str, settings: SourceSettings, region: str) -> str
     return endpoint
 
 
-def addressing_style(settings: SourceSettings, endpoint: str | None) -> str:
+def addressing_style(settings: SourceSettings, endpoint: str | None, bucket: str = "") -> str:
     """`virtual` (BUCKET.host) for the providers' own domains, `path` (host/BUCKET) for any other endpoint (an IP,
-    an on-premises store, a private name), as boto3 and the AWS CLI do; config `addressing_style` overrides."""
+    an on-premises store, a private name), as boto3 and the AWS CLI do; also `path` for a bucket whose name cannot
+    be a host name label (dots would break the TLS wildcard). Config `addressing_style` overrides."""
     if settings.addressing_style:
         return settings.addressing_style
+    if bucket and not _DNS_BUCKET.fullmatch(bucket):
+        return "path"
     if not endpoint:
         return "virtual"  # AWS's own endpoints
     host = (urllib.parse.urlsplit(endpoint).hostname or "").lower()
@@ -97,7 +101,7 @@ def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
         options["endpoint"] = endpoint
         if endpoint.startswith("http://"):
             options["client_options"] = {"allow_http": True}
-    options["virtual_hosted_style_request"] = addressing_style(settings, endpoint) == "virtual"
+    options["virtual_hosted_style_request"] = addressing_style(settings, endpoint, spec.location) == "virtual"
     if settings.access_key and settings.secret_key:
         options["access_key_id"] = settings.access_key
         options["secret_access_key"] = settings.secret_key
@@ -194,6 +198,9 @@ class ObjectStoreBackend:
             if not found and prefix:
                 meta = await obstore.head_async(self._store, prefix)
                 found.append(self._remote(prefix.rsplit("/", 1)[-1], prefix, meta))
+            elif not found:
+                detail = f"{self.describe()} ({self._tried}): not found (the bucket lists no object)"
+                raise DownloadError(detail, reason="not_found", status=404)
         except DownloadError:
             raise
         except Exception as exc:
@@ -235,12 +242,12 @@ class ObjectStoreBackend:
 
 def _endpoint_tried(spec: SourceSpec, settings: SourceSettings) -> str:
     """Where a listing went, for its error message: the endpoint and the addressing style of S3-protocol stores."""
-    if spec.scheme in ("gs", "az"):
-        return f"endpoint {settings.endpoint}" if settings.endpoint else f"{spec.scheme} default endpoint"
+    if spec.scheme in ("gs", "az"):  # an Azure endpoint may carry a SAS query: shown without it
+        return f"endpoint {shown_url(settings.endpoint)}" if settings.endpoint else f"{spec.scheme} default endpoint"
     region = settings.region or DEFAULT_REGIONS[spec.scheme]
     endpoint = provider_endpoint(spec.scheme, settings, region)
-    style = addressing_style(settings, endpoint)
-    shown = public_url(endpoint.split("?", 1)[0]) if endpoint else "AWS S3"
+    style = addressing_style(settings, endpoint, spec.location)
+    shown = shown_url(endpoint) if endpoint else "AWS S3"
     return f"endpoint {shown}, {'virtual-hosted' if style == 'virtual' else 'path'}-style requests"
 
 
