@@ -48,12 +48,12 @@ class AibrixOptions:
 
 
 def model_name(model_uri: str, given: str | None) -> str:
-    """The folder a model lands in under the download root, as AIBrix names it: `org/name` for a Hugging Face repo,
-    else the last segment of the URI (`s3://bucket/models/llama` -> `llama`)."""
+    """The folder a model lands in under the download root, as AIBrix names it: `org/name` for a Hugging Face repo
+    (and a ModelScope one), else the last segment of the URI (`s3://bucket/models/llama` -> `llama`)."""
     if given:
         return given
     spec = parse_source(model_uri)
-    if spec.scheme == "hf":
+    if spec.scheme in ("hf", "ms"):
         return spec.location
     tail = (spec.prefix or spec.location).rstrip("/").rsplit("/", 1)[-1]
     return tail.removesuffix(".git") or spec.location

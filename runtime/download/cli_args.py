@@ -36,7 +36,7 @@ class CliDownload:
     part_size_mib: int | None = setting(None, "--part-size-mib", kind="int", low=1, high=16384, help="Part size [32].")
     config_json: str | None = setting(
         None, "-c", "--config",
-        help="JSON object (Kthena's): hf_token hf_endpoint access_key secret_key endpoint region addressing_style ...",
+        help="JSON object (Kthena's): hf_token hf_endpoint ms_token ms_endpoint access_key secret_key endpoint ...",
     )  # fmt: skip
     extra_config_json: str | None = setting(
         None, "--download-extra-config", help="AIBrix JSON: ak sk endpoint region num_threads ..."

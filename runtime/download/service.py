@@ -54,6 +54,10 @@ def open_backend(prepared: PreparedDownload) -> Backend:
         from runtime.download.backends.huggingface import HuggingFaceBackend
 
         return HuggingFaceBackend(spec, settings)
+    if spec.scheme == "ms":
+        from runtime.download.backends.modelscope import ModelScopeBackend
+
+        return ModelScopeBackend(spec, settings)
     if spec.scheme in OBJECT_STORE_SCHEMES:
         from runtime.download.backends.objects import ObjectStoreBackend
 

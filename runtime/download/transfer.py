@@ -1,7 +1,8 @@
 """The transfer engine: from a backend's file list to complete, verified files in the target directory.
 
-- Large files are split into ranged parts fetched in parallel; small files are fetched concurrently; one semaphore
-  bounds all of it (`max_workers`). Bytes stream to disk through `pwrite` at their offset: memory stays bounded.
+- Large files are split into ranged parts fetched in parallel (unless the source marks a file as not `ranged`);
+  small files are fetched concurrently; one semaphore bounds all of it (`max_workers`). Bytes stream to disk
+  through `pwrite` at their offset: memory stays bounded.
 - A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
   or git blob id when the source gives one) and only then renamed to its final name.
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
@@ -284,7 +285,7 @@ class _Transfer:
             if run == self._lease.id:
                 continue
             record = record_path(partial)
-            done = _resumable_parts(partial, record, remote, self._settings.part_size)
+            done = _resumable_parts(partial, record, remote, self._part_size(remote))
             if self._lease.owner_running(run):
                 other_running = other_running or bool(done) or not record.exists()
                 continue
@@ -296,11 +297,15 @@ class _Transfer:
                     leftover.unlink()
         return adopted, other_running
 
+    def _part_size(self, remote: RemoteFile) -> int:
+        """Ranged parts of the configured size, or the whole file as one part when the source ignores Range for it."""
+        return self._settings.part_size if remote.ranged else max(remote.size, 1)
+
     async def _fetch_once(self, remote: RemoteFile, done: set[int]) -> None:
         final = final_path(self._root, remote.path)
         partial = partial_path(self._root, remote.path, self._lease.id)
         state_path = record_path(partial)
-        parts = _split(remote.size, self._settings.part_size)
+        parts = _split(remote.size, self._part_size(remote))
         if done:
             resumed = sum(end - start for index, (start, end) in enumerate(parts) if index in done)
             self._progress.bytes_done += resumed
@@ -310,7 +315,7 @@ class _Transfer:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise disk_error(exc, partial) from None
-        state = _PartState(state_path, remote, self._settings.part_size, done) if len(parts) > 1 else None
+        state = _PartState(state_path, remote, self._part_size(remote), done) if len(parts) > 1 else None
         try:
             os.ftruncate(fd, remote.size)
             await self._fill(remote, fd, parts, done, state)

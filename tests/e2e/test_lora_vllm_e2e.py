@@ -1,6 +1,7 @@
 """LoRA adapters through the sidecar into a real vLLM (CPU build, tiny model, runtime LoRA updating on): from a local
-path (AIBrix API), from S3 (SeaweedFS) and from the HuggingFace Hub emulator (Kthena API), completions through each,
-unload, and the sidecar loading its adapters again by itself after vLLM is killed and restarted."""
+path (AIBrix API), from S3 (SeaweedFS), the ModelScope emulator and the HuggingFace Hub emulator (Kthena API),
+completions through each, unload, and the sidecar loading its adapters again by itself after vLLM is killed and
+restarted."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.peers import vllm_cpu
 from tests.peers.hub_emulator import HubEmulator
+from tests.peers.modelscope_emulator import ModelScopeEmulator
 from tests.peers.seaweedfs import S3Peer, running_seaweedfs
 from tests.support.sidecar import program_command, running_sidecar, sidecar_process
 
@@ -73,8 +75,9 @@ def test_adapters_from_every_source_and_reload_after_engine_restart(
     }
     args = ["--engine", "vllm", "--engine-url", vllm_peer.base_url, "--adapters-dir", str(tmp_path / "adapters")]
     args += ["--lora-reconcile-interval", "1"]
-    with HubEmulator() as hub, running_sidecar(args) as sidecar:
+    with HubEmulator() as hub, ModelScopeEmulator() as ms, running_sidecar(args) as sidecar:
         hub.add_repo("org/lora-hf", {f.name: f.read_bytes() for f in lora_a.iterdir()})
+        ms.add_repo("org/lora-ms", {f.name: f.read_bytes() for f in lora_b.iterdir()}, token="ms-lora-token-e2e")
 
         status, body = call(
             "POST", f"{sidecar}/v1/lora_adapter/load", {"lora_name": "local-a", "lora_path": str(lora_a)}
@@ -98,6 +101,14 @@ def test_adapters_from_every_source_and_reload_after_engine_restart(
         assert status == 404, body  # Kthena's unload: vLLM's own 404 passes through
         status, body = call("POST", f"{sidecar}/v1/lora_adapter/unload", {"lora_name": "s3-b"})
         assert status == 200 and "was not loaded" in body["message"], body  # AIBrix's unload: already gone is done
+        ms_config = {"ms_endpoint": ms.endpoint, "ms_token": "ms-lora-token-e2e"}
+        request = {"lora_name": "ms-b", "source": "ms://org/lora-ms", "config": json.dumps(ms_config)}
+        status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
+        assert status == 200, body
+        assert set(engine_adapters(vllm_peer)) == {"local-a", "ms-b"}
+        assert vllm_cpu.complete(vllm_peer.base_url, "ms-b", "from ModelScope")["model"] == "ms-b"
+        status, body = call("POST", f"{sidecar}/v1/unload_lora_adapter", {"lora_name": "ms-b"})
+        assert status == 200, body
         request = {"lora_name": "hf-a", "source": "org/lora-hf", "config": {"hf_endpoint": hub.endpoint}}
         status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
         assert status == 200, body

@@ -102,6 +102,9 @@ ROWS: list[Row] = [
     (KTHENA, "variable", "`ACCESS_KEY`, `SECRET_KEY`, `ENDPOINT`", "object-store credentials and endpoint",
      ("credential-env", ["ACCESS_KEY", "SECRET_KEY", "ENDPOINT"])),
     (KTHENA, "variable", "`HF_AUTH_TOKEN`, `HF_ENDPOINT`, `HF_REVISION`", "the same", ("credential-env", ["HF_AUTH_TOKEN", "HF_ENDPOINT", "HF_REVISION"])),
+    (KTHENA, "variable", "`MS_TOKEN`, `MS_REVISION` (ModelScope)", "the same; then the SDK's `MODELSCOPE_API_TOKEN`, "
+     "`MODELSCOPE_ENDPOINT`, `MODELSCOPE_DOMAIN`",
+     ("credential-env", ["MS_TOKEN", "MS_REVISION", "MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"])),
     (KTHENA, "variable", "`REQUEST_TIMEOUT`", "no effect: engine calls have their own bounds (`--scrape-timeout`, "
      "300 s for adapter loads)", ("ignored", "REQUEST_TIMEOUT")),
     # -- endpoints and bodies ---------------------------------------------------------------------------------
@@ -143,6 +146,9 @@ ROWS: list[Row] = [
      ("field", "POST", "/v1/download_model", "async_download")),
     (KTHENA, "body field", "`config`: `hf_token hf_endpoint hf_revision access_key secret_key endpoint`",
      "the same", ("config-key", ["hf_token", "hf_endpoint", "hf_revision", "access_key", "secret_key", "endpoint"])),
+    (KTHENA, "body field", "`source`: `ms://NAMESPACE/REPO`, with `config`: `ms_token ms_revision`",
+     "downloaded from ModelScope over plain HTTP (also `modelscope://owner/name[:revision]`, KServe's form)",
+     ("config-key", ["ms_token", "ms_revision"])),
     (KTHENA, "endpoint", "`POST /v1/load_lora_adapter` `{lora_name, source, output_dir, config, max_workers, "
      "async_download}`", "download then load; `lora_path` (which Kthena ignores) loads from disk",
      ("field", "POST", "/v1/load_lora_adapter", "source")),

@@ -21,6 +21,7 @@ class RemoteFile:
     sha256: str | None = None  # content checksum when the source publishes one (HF LFS files)
     md5: str | None = None  # content MD5 when known (S3 ETag of a single-part upload)
     git_sha1: str | None = None  # git blob id of a small HF file: sha1(b"blob <size>\0" + content)
+    ranged: bool = True  # False: the source ignores Range for this file (fetched as one stream, never in parts)
 
 
 class Backend(Protocol):
