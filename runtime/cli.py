@@ -24,6 +24,8 @@ from runtime.config import (
     public_url,
     resolve_api_token,
 )
+from runtime.kv_events.cli_options import kv_events_options
+from runtime.kv_events.settings import KvEventsFlags, build_settings
 from runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from runtime.metrics.rules import (
     DEFAULT_PROFILE,
@@ -259,6 +261,7 @@ def cli(ctx: click.Context, version: bool) -> None:
     envvar="AIRUNTIME_SHUTDOWN_TIMEOUT",
     help="Seconds SIGTERM waits for requests and downloads before checkpointing them and exiting.",
 )
+@kv_events_options
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
 def serve(
     engine: str,
@@ -289,8 +292,10 @@ def serve(
     max_scrape_bytes: int,
     shutdown_timeout: float,
     print_config: bool,
+    kv_events_flags: KvEventsFlags,
 ) -> None:
     """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
+    kv_events, kv_events_notes = build_settings(kv_events_flags, engine=engine.lower(), pod=pod, model=model)
     config = ServeConfig(
         engine=engine.lower(),
         engine_url=normalize_engine_url(engine_url),
@@ -320,6 +325,7 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_scrape_bytes=max_scrape_bytes,
         shutdown_timeout=shutdown_timeout,
+        kv_events=kv_events,
     )
     if config.engine_api_key and public_url(config.engine_url) != config.engine_url:
         raise ConfigError("the engine URL carries a user/password and --engine-api-key is set; give only one")
@@ -331,6 +337,8 @@ def serve(
         return
     configure_logging(config.log_level, config.log_format)
     log.info("starting airuntime %s", __version__, extra={"fields": {"config": config.describe()}})
+    for note in kv_events_notes:
+        log.warning(note)
     from runtime.server.lifecycle import serve as run_server
 
     run_server(config, rules)

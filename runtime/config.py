@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
+
+if TYPE_CHECKING:
+    from runtime.kv_events.settings import KvEventsSettings
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,7 @@ class ServeConfig:
     max_request_bytes: int = 1024 * 1024
     max_scrape_bytes: int = 4 * 1024 * 1024
     shutdown_timeout: float = 20.0
+    kv_events: KvEventsSettings | None = None  # the KV-cache event relay, when a Redis is configured
 
     def describe(self) -> dict[str, Any]:
         """The configuration as printed at start: secrets masked."""
@@ -55,6 +59,7 @@ class ServeConfig:
                 described[secret] = mask_secret(described[secret])
         described["engine_url"] = public_url(self.engine_url)
         described["allowed_roots"] = list(self.allowed_roots)
+        described["kv_events"] = self.kv_events.describe() if self.kv_events else None
         return described
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from runtime.config import ServeConfig
+from runtime.kv_events.service import relay_context
 from runtime.lora.desired_file import DesiredFileWatcher
 from runtime.lora.engine_api import EngineLoraApi
 from runtime.lora.manager import LoraManager
@@ -117,6 +118,7 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
     app.on_startup.append(open_session)
     app.on_startup.append(start_background)
     app.on_cleanup.append(close_session)
+    app.cleanup_ctx.append(relay_context(config.kv_events, metrics.registry, rules.prefix))
     app.router.add_get("/metrics", metrics_handler)
     probes.add_routes(app.router)
     download_routes.add_routes(app, state)
