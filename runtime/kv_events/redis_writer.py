@@ -29,6 +29,7 @@ MATRIX_PREFIX = "matrix:kv:block"
 MAPPING_TTL_SECONDS = 86_400  # Kthena's MAPPING_KEY_TTL_SECONDS, kept equal to the router's 24-hour freshness
 PIPELINE_COMMANDS = 4096
 REFRESH_SECONDS = 6 * 3600.0
+PING_SECONDS = 2.0
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = (0.2, 10.0)
 
@@ -94,9 +95,10 @@ class RedisWriter:
             if not self.index.pending:
                 self.wake.clear()
                 try:
-                    async with asyncio.timeout(max(0.0, next_refresh - time.monotonic())):
+                    async with asyncio.timeout(min(PING_SECONDS, max(0.0, next_refresh - time.monotonic()))):
                         await self.wake.wait()
                 except TimeoutError:
+                    await connection.command(b"PING")  # a restarted Redis is noticed (and rewritten) while idle
                     continue
             oldest, self.oldest_unwritten = self.oldest_unwritten, None
             await self._write(connection, self._changes(self.index.take_pending()))

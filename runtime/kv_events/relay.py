@@ -32,6 +32,7 @@ INITIAL_WAIT_SECONDS = 10.0
 class Relay:
     def __init__(self, settings: KvEventsSettings, registry: CollectorRegistry, prefix: str) -> None:
         self.settings = settings
+        self.registry = registry
         self.metrics = RelayMetrics(registry, prefix)
         self.once = OnceLog(log)
         self.index = PodIndex(settings.model, settings.router_block_size, settings.max_blocks)

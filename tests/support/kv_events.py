@@ -161,8 +161,8 @@ def pod_fields(redis_client: Any, pod: str, pattern: str = "matrix:kv:block:*") 
     pipe = redis_client.pipeline(transaction=False)
     for key in keys:
         pipe.hget(key, pod)
-    for key, value in zip(keys, pipe.execute(), strict=True):
-        if value is not None:
+    for key, value in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(value, (bytes, str)):
             name = key.decode() if isinstance(key, bytes) else key
             model, _, digest = name[len("matrix:kv:block:") :].rpartition("@")
             found[(model, int(digest))] = value.decode() if isinstance(value, bytes) else value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -104,11 +105,14 @@ class KvPublisher:
         self._pub = self._context.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.SNDHWM, 100_000)
-        (self._pub.bind if self.bind else self._pub.connect)(self.endpoint)
+        if self.bind:
+            _bind(self._pub, self.endpoint)
+        else:
+            self._pub.connect(self.endpoint)
         if self.replay_endpoint:
             self._router = self._context.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
-            self._router.bind(self.replay_endpoint)
+            _bind(self._router, self.replay_endpoint)
 
     def _close(self) -> None:
         for sock in (self._pub, self._router):
@@ -147,6 +151,19 @@ class KvPublisher:
             if seq >= start_seq:
                 self._router.send_multipart([client, b"", self.topic, seq.to_bytes(8, "big"), payload])
         self._router.send_multipart([client, b"", b"", END_SEQ, b""])
+
+
+def _bind(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """Bind, waiting for a just-closed socket's port: ZeroMQ releases it on its I/O thread, a moment later."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def stored(hashes: list[int], tokens: list[int], **extra: Any) -> dict[str, Any]:
