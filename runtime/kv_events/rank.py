@@ -22,7 +22,7 @@ from contextlib import aclosing
 from runtime.kv_events.decode import Cleared, DecodeError, Removed, Stored, decode_batch
 from runtime.kv_events.hashing import TokenError
 from runtime.kv_events.index import ChangeCounts, PodIndex
-from runtime.kv_events.metrics import RelayMetrics
+from runtime.kv_events.metrics import BLOCK_OUTCOMES, RelayMetrics
 from runtime.kv_events.once import OnceLog
 from runtime.kv_events.redis_writer import RedisWriter
 from runtime.kv_events.subscriber import FrameError, Message, RankSockets, ReplayError, parse_live
@@ -55,6 +55,13 @@ class RankRelay:
         self.new_connection = False
         self.caught_up = asyncio.Event()  # the first replay (or its failure) is done
         self._slice_started = time.monotonic()
+        self._event_counters = {
+            Stored: metrics.events.labels("block_stored"),
+            Removed: metrics.events.labels("block_removed"),
+            Cleared: metrics.events.labels("all_blocks_cleared"),
+        }
+        self._block_counters = {outcome: metrics.blocks.labels(outcome) for outcome in BLOCK_OUTCOMES}
+        self._batch_counter = metrics.batches.labels(str(self.rank))
         if not self.has_replay:
             self.caught_up.set()
 
@@ -191,33 +198,35 @@ class RankRelay:
         for problem in batch.bad_events:
             self._bad_input("bad_event", problem)
         counts = ChangeCounts()
+        kinds = dict.fromkeys(self._event_counters, 0)
         for event in batch.events:
-            await self._apply_event(event, counts)
-        self._count(counts)
-        self.metrics.batches.labels(str(self.rank)).inc()
+            kinds[type(event)] += 1
+            if type(event) is Stored:
+                await self._store(event, counts)
+            elif type(event) is Removed:
+                self.index.remove(self.rank, event, counts)
+            else:
+                counts.removed += self.index.clear_rank(self.rank)
+        self._count(kinds, counts)
         self.writer.changed(batch.ts)
 
-    async def _apply_event(self, event: Stored | Removed | Cleared, counts: ChangeCounts) -> None:
-        if isinstance(event, Stored):
-            self.metrics.events.labels("block_stored").inc()
-            for part in _slices(event):
-                try:
-                    self.index.store(self.rank, part, counts)
-                except TokenError as exc:
-                    self._bad_input("tokens", str(exc))
-                await self._pace()
-        elif isinstance(event, Removed):
-            self.metrics.events.labels("block_removed").inc()
-            self.index.remove(self.rank, event, counts)
-        else:
-            self.metrics.events.labels("all_blocks_cleared").inc()
-            counts.removed += self.index.clear_rank(self.rank)
+    async def _store(self, event: Stored, counts: ChangeCounts) -> None:
+        for part in _slices(event):
+            try:
+                self.index.store(self.rank, part, counts)
+            except TokenError as exc:
+                self._bad_input("tokens", str(exc))
+            await self._pace()
 
-    def _count(self, counts: ChangeCounts) -> None:
-        for outcome in ("stored", "removed", "unknown_removed", "skipped", "evicted"):
+    def _count(self, kinds: dict[type, int], counts: ChangeCounts) -> None:
+        for kind, value in kinds.items():
+            if value:
+                self._event_counters[kind].inc(value)
+        for outcome, counter in self._block_counters.items():
             value = getattr(counts, outcome)
             if value:
-                self.metrics.blocks.labels(outcome).inc(value)
+                counter.inc(value)
+        self._batch_counter.inc()
         self.metrics.indexed_blocks.set(self.index.size)
 
     def _bad_input(self, kind: str, detail: str) -> None:

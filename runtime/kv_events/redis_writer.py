@@ -46,6 +46,8 @@ class RedisWriter:
         self.oldest_unwritten: float | None = None  # engine timestamp of the oldest batch not yet in Redis
         self.sync_requested = True
         self._pod = settings.pod.encode()
+        self._pod_bulk = bulk(self._pod)
+        self._matrix_prefixes: dict[str, bytes] = {}
         self._mapping_prefix = f"{settings.mapping_prefix}:{settings.pod}@".encode()
 
     def changed(self, batch_ts: float) -> None:
@@ -157,23 +159,31 @@ class RedisWriter:
             if not held:
                 yield b"*2\r\n$3\r\nDEL\r\n%s" % bulk(key)
 
+    def _matrix_key(self, model: str, content: int) -> bytes:
+        prefix = self._matrix_prefixes.get(model)
+        if prefix is None:
+            prefix = self._matrix_prefixes[model] = f"{MATRIX_PREFIX}:{model}@".encode()
+        return b"%s%d" % (prefix, content)
+
     def _hset(self, model: str, content: int, now: bytes) -> bytes:
-        key = b"%s:%s@%d" % (MATRIX_PREFIX.encode(), model.encode(), content)
-        return b"*4\r\n$4\r\nHSET\r\n%s%s%s" % (bulk(key), bulk(self._pod), now)
+        key = self._matrix_key(model, content)
+        return b"*4\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n%s%s" % (len(key), key, self._pod_bulk, now)
 
     def _hdel(self, model: str, content: int) -> bytes:
-        key = b"%s:%s@%d" % (MATRIX_PREFIX.encode(), model.encode(), content)
-        return b"*3\r\n$4\r\nHDEL\r\n%s%s" % (bulk(key), bulk(self._pod))
+        key = self._matrix_key(model, content)
+        return b"*3\r\n$4\r\nHDEL\r\n$%d\r\n%s\r\n%s" % (len(key), key, self._pod_bulk)
 
     def _set(self, engine_hash: int, content: int) -> bytes:
-        value = b"%d" % content
-        return b"*5\r\n$3\r\nSET\r\n%s%s$2\r\nEX\r\n$5\r\n86400\r\n" % (
-            bulk(self._mapping_prefix + b"%d" % engine_hash),
-            bulk(value),
+        key, value = b"%s%d" % (self._mapping_prefix, engine_hash), b"%d" % content
+        return b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nEX\r\n$5\r\n86400\r\n" % (
+            len(key),
+            key,
+            len(value),
+            value,
         )
 
     def _del(self, engine_hash: int) -> bytes:
-        return b"*2\r\n$3\r\nDEL\r\n%s" % bulk(self._mapping_prefix + b"%d" % engine_hash)
+        return b"*2\r\n$3\r\nDEL\r\n%s" % bulk(b"%s%d" % (self._mapping_prefix, engine_hash))
 
     @staticmethod
     def _timestamp() -> bytes:
