@@ -101,6 +101,7 @@ def as_array(event: dict[str, Any]) -> list[Any]:
 @dataclass
 class Stream:
     payloads: list[bytes]
+    sizes: list[int]  # block entries per payload
     blocks: int  # stored + removed block entries
     reference: ReferenceOwnership
 
@@ -109,7 +110,7 @@ def build_stream(cycles: int, encoding: str) -> Stream:
     recorded = [
         msgspec.msgpack.decode(frame.payload) for frame in load_frames(FIXTURES / "vllm-0.32.0.kv-events.jsonl")
     ]
-    payloads, blocks, reference = [], 0, ReferenceOwnership(MODEL)
+    payloads, sizes, reference = [], [], ReferenceOwnership(MODEL)
     sentinel = {"type": "BlockStored", "block_hashes": [MASK64], "parent_block_hash": None}
     sentinel |= {"token_ids": SENTINEL_TOKENS, "block_size": 32, "lora_id": None, "medium": "GPU", "lora_name": None}
     batches = [(cycle, events) for cycle in range(cycles) for _, events, _ in recorded] + [(0, [sentinel])]
@@ -117,12 +118,12 @@ def build_stream(cycles: int, encoding: str) -> Stream:
         shifted = [shift_event(event, cycle) for event in events]
         for event in shifted:
             reference.apply_event(event, 0)
-            blocks += len(event.get("block_hashes", ()))
+        sizes.append(sum(len(event.get("block_hashes", ())) for event in shifted))
         wire = shifted if encoding == "map" else [as_array(event) for event in shifted]
         payload = msgspec.msgpack.encode([0.0, wire, 0])
         assert payload[:2] == b"\x93\xcb", "the timestamp must be a float64 at bytes 2..10"
         payloads.append(payload)
-    return Stream(payloads, blocks, reference)
+    return Stream(payloads, sizes, sum(sizes), reference)
 
 
 def warmup_payload(n: int) -> bytes:
@@ -133,8 +134,9 @@ def warmup_payload(n: int) -> bytes:
 # ------------------------------------------------------------------------------------------------- the publisher
 
 
-def publisher_main(endpoint: str, payloads: list[bytes], control: Any) -> None:
-    """A PUB socket (unlimited queue): warm-up batches until told to go, then every payload, timestamped now."""
+def publisher_main(endpoint: str, stream: Stream, rate: float, control: Any) -> None:
+    """A PUB socket (unlimited queue): warm-up batches until told to go, then every payload, timestamped as it is
+    sent: as fast as possible, or paced to `rate` blocks/s."""
     context = zmq.Context()
     pub = context.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
@@ -145,8 +147,13 @@ def publisher_main(endpoint: str, payloads: list[bytes], control: Any) -> None:
         pub.send_multipart([topic, seq.to_bytes(8, "big"), warmup_payload(seq)])
         seq += 1
     control.recv()
-    started = time.time()
-    for payload in payloads:
+    started, sent_blocks = time.time(), 0
+    for payload, size in zip(stream.payloads, stream.sizes, strict=True):
+        if rate:
+            ahead = started + sent_blocks / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+            sent_blocks += size
         pub.send_multipart([topic, seq.to_bytes(8, "big"), b"\x93\xcb" + pack(time.time()) + payload[10:]])
         seq += 1
     control.send((started, time.time()))
@@ -175,6 +182,7 @@ class Result:
     claims_written: int
     claims_expected: int
     note: str = ""
+    rate: float = 0  # blocks/s the publisher was paced to (0: as fast as possible)
 
 
 def relay_command(relay: str, port: int, kthena_cmd: str | None) -> list[str]:
@@ -213,11 +221,13 @@ def lag_quantiles(port: int) -> tuple[float | None, float | None]:
     return quantile[0], quantile[1]
 
 
-def run_one(relay: str, encoding: str, stream: Stream, redis: RedisPeer, args: argparse.Namespace) -> Result:
+def run_one(
+    relay: str, encoding: str, stream: Stream, redis: RedisPeer, args: argparse.Namespace, rate: float = 0
+) -> Result:
     redis.client().flushall()
     endpoint = f"tcp://127.0.0.1:{pick_port_base()}"
     parent, child = mp.Pipe()
-    publisher = mp.Process(target=publisher_main, args=(endpoint, stream.payloads, child), daemon=True)
+    publisher = mp.Process(target=publisher_main, args=(endpoint, stream, rate, child), daemon=True)
     publisher.start()
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}
@@ -226,7 +236,9 @@ def run_one(relay: str, encoding: str, stream: Stream, redis: RedisPeer, args: a
     with tempfile.TemporaryFile() as log:
         proc = start_group(command, log, env=env, cwd=REPO_ROOT)
         try:
-            return measure(relay, encoding, stream, redis, proc, parent, port, args)
+            result = measure(relay, encoding, stream, redis, proc, parent, port, args)
+            result.rate = rate
+            return result
         except BaseException:
             log.seek(0)
             print(log.read().decode(errors="replace")[-3000:], file=sys.stderr)
@@ -288,14 +300,15 @@ def print_table(results: list[Result]) -> None:
         return "-" if value is None else format(value, spec)
 
     print_header(
-        f"{'relay':<10} {'encoding':<8} {'blocks':>8} {'blocks/s':>9} {'cpu ms/1k':>9} {'redis ms/1k':>11} "
-        f"{'lag p50/p99 ms':>15} {'drain s':>7} {'rss MiB':>7} {'claims right':>12}"
+        f"{'relay':<10} {'encoding':<8} {'sent at':>9} {'blocks':>8} {'blocks/s':>9} {'cpu ms/1k':>9} "
+        f"{'redis ms/1k':>11} {'lag p50/p99 ms':>15} {'drain s':>7} {'rss MiB':>7} {'claims right':>12}"
     )
     for r in results:
         lag = f"{fmt(r.lag_p50_ms, '.0f')}/{fmt(r.lag_p99_ms, '.0f')}"
         right = "yes" if r.claims_correct else f"no {r.claims_written}/{r.claims_expected}"
+        pace = f"{r.rate:,.0f}/s" if r.rate else "max"
         print(
-            f"{r.relay:<10} {r.encoding:<8} {r.blocks:>8} {fmt(r.blocks_per_s, ',.0f'):>9} "
+            f"{r.relay:<10} {r.encoding:<8} {pace:>9} {r.blocks:>8} {fmt(r.blocks_per_s, ',.0f'):>9} "
             f"{fmt(r.relay_cpu_ms_per_1000, '.1f'):>9} {fmt(r.redis_cpu_ms_per_1000, '.1f'):>11} {lag:>15} "
             f"{fmt(r.drain_s, '.2f'):>7} {r.peak_rss_mib:>7.0f} {right:>12} {r.note}"
         )
@@ -309,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kthena-cmd", default=os.environ.get("AIRUNTIME_BENCH_KTHENA_CMD"), help=KTHENA_CMD_HELP)
     parser.add_argument("--core", type=int, default=(os.cpu_count() or 1) - 1, help="the one core the relay runs on")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--paced-rate", type=float, default=20_000, help="blocks/s of the extra paced airuntime run (lag); 0: none"
+    )
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results" / "kv_events_bench.json")
     args = parser.parse_args(argv)
     relays = ["airuntime"] + (["kthena"] if args.kthena_cmd else [])
@@ -319,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
                 stream = build_stream(args.kthena_cycles if relay == "kthena" else args.cycles, encoding)
                 print(f"{relay}, {encoding}: {len(stream.payloads)} batches, {stream.blocks} blocks", flush=True)
                 results.append(run_one(relay, encoding, stream, redis, args))
+        if args.paced_rate:
+            stream = build_stream(max(1, int(args.paced_rate * 10 / 153)), "map")  # about 10 s of traffic
+            print(f"airuntime, map, paced at {args.paced_rate:,.0f} blocks/s: {stream.blocks} blocks", flush=True)
+            results.append(run_one("airuntime", "map", stream, redis, args, rate=args.paced_rate))
     print()
     print_table(results)
     write_json(args.output, {"host": host_info(), "results": [asdict(r) for r in results]})

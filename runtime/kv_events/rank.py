@@ -67,7 +67,7 @@ class RankRelay:
 
     async def run(self) -> None:
         while True:
-            await self.sockets.wait(None if self.caught_up.is_set() else 1000)
+            await self.sockets.wait(None if self.caught_up.is_set() else 1.0)
             await self._connection_events()
             while (frames := self.sockets.receive()) is not None:
                 await self._connection_events()
