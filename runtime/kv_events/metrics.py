@@ -9,7 +9,7 @@ BLOCK_OUTCOMES = ("stored", "removed", "unknown_removed", "skipped", "evicted")
 INPUT_ERRORS = ("garbage", "envelope", "frames", "topic", "sequence", "too_large", "bad_event", "tokens")
 REDIS_ERRORS = ("connect", "auth", "timeout", "protocol", "server")
 GAP_OUTCOMES = ("replayed", "reset")
-REPLAY_RESULTS = ("complete", "truncated", "timeout", "mismatch")
+REPLAY_RESULTS = ("complete", "truncated", "failed", "mismatch")
 
 
 class RelayMetrics:

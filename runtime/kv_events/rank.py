@@ -108,7 +108,7 @@ class RankRelay:
                 await self._replay_from_oldest(had_state)
                 return
             except ReplayError as exc:
-                self.metrics.replays.labels("timeout").inc()
+                self.metrics.replays.labels("failed").inc()
                 self.once.warning(f"replay:{self.rank}", "KV-event relay, rank %d: %s", self.rank, exc)
                 if live_seq is None:  # try again with the next batch
                     self.new_connection = True
@@ -132,7 +132,7 @@ class RankRelay:
                         self.metrics.replays.labels("mismatch").inc()
                         return False
                     continue
-                await self.apply(message)
+                await self.apply(message, live=False)
         if first:
             self.metrics.replays.labels("mismatch").inc()
             return False
@@ -149,7 +149,7 @@ class RankRelay:
         async with aclosing(self.sockets.replay(0)) as replayed:
             async for message in replayed:
                 oldest = message.seq if oldest is None else oldest
-                await self.apply(message)
+                await self.apply(message, live=False)
         complete = oldest is None or oldest == 0
         self.metrics.replays.labels("complete" if complete else "truncated").inc()
         if had_state:
@@ -179,8 +179,9 @@ class RankRelay:
         )
         self.writer.changed(time.time())
 
-    async def apply(self, message: Message) -> None:
-        """Decode one batch and apply its events to the index, yielding to the event loop on the way."""
+    async def apply(self, message: Message, live: bool = True) -> None:
+        """Decode one batch and apply its events to the index, yielding to the event loop on the way. Replayed
+        batches are old: their engine timestamps do not go into the lag histogram."""
         self.last, self.last_digest = message.seq, hash(message.payload)
         if len(message.payload) > MAX_BATCH_BYTES:
             self._bad_input("too_large", f"batch {message.seq} has {len(message.payload)} bytes")
@@ -208,7 +209,7 @@ class RankRelay:
             else:
                 counts.removed += self.index.clear_rank(self.rank)
         self._count(kinds, counts)
-        self.writer.changed(batch.ts)
+        self.writer.changed(batch.ts if live else time.time())
 
     async def _store(self, event: Stored, counts: ChangeCounts) -> None:
         for part in _slices(event):

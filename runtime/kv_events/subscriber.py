@@ -179,7 +179,10 @@ class RankSockets:
                     if idle <= 0 or not await poller.poll(int(idle * 1000)):
                         raise ReplayError(f"the replay socket {self.rank.replay_endpoint} stopped answering") from None
                     continue
-                message = parse_replayed(frames, self.topic)
+                try:
+                    message = parse_replayed(frames, self.topic)
+                except FrameError as exc:
+                    raise ReplayError(f"the replay socket {self.rank.replay_endpoint} answered {exc}") from None
                 if message is None:
                     return
                 yield message

@@ -186,3 +186,33 @@ def test_malformed_events_are_skipped_one_by_one() -> None:
     batch = decode_batch(_payload([*bad, good, CLEARED]))
     assert len(batch.bad_events) == len(bad)
     assert [type(e) for e in batch.events] == [Stored, Cleared]
+
+
+# ------------------------------------------------------------------------------------------------- frames
+
+
+def test_replay_answers_of_every_vllm_generation() -> None:
+    from runtime.kv_events.subscriber import END_SEQ, Message, parse_replayed
+
+    seq = (7).to_bytes(8, "big")
+    assert parse_replayed([b"", b"kv-events", seq, b"p"], b"kv-events") == Message(7, b"p")  # 0.26+ (0.32 here)
+    assert parse_replayed([b"", b"", END_SEQ, b""], b"kv-events") is None
+    assert parse_replayed([b"", seq, b"p"], b"kv-events") == Message(7, b"p")  # before the topic was added
+    assert parse_replayed([b"", END_SEQ, b""], b"kv-events") is None
+    assert parse_replayed([b""], b"kv-events") is None  # the very first end marker
+
+
+@pytest.mark.parametrize(
+    ("frames", "kind"),
+    [
+        ([b"", b"other", (1).to_bytes(8, "big"), b"p"], "topic"),
+        ([b"", b"kv-events", b"\x01", b"p"], "sequence"),
+        ([b"", b"a", b"b", b"c", b"d"], "frames"),
+    ],
+)
+def test_malformed_replay_answers(frames: list[bytes], kind: str) -> None:
+    from runtime.kv_events.subscriber import FrameError, parse_replayed
+
+    with pytest.raises(FrameError) as caught:
+        parse_replayed(frames, b"kv-events")
+    assert caught.value.kind == kind
