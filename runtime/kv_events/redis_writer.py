@@ -45,6 +45,8 @@ class RedisWriter:
         self.synced = asyncio.Event()  # set after each full sync; tests and the relay's start wait on it
         self.oldest_unwritten: float | None = None  # engine timestamp of the oldest batch not yet in Redis
         self.sync_requested = True
+        self.healthy = False  # the current connection completed a full sync
+        self.failures = 0  # since Redis last answered
         self._pod = settings.pod.encode()
         self._pod_bulk = bulk(self._pod)
         self._matrix_prefixes: dict[str, bytes] = {}
@@ -59,30 +61,29 @@ class RedisWriter:
             self.oldest_unwritten = batch_ts
         self.wake.set()
 
-    def request_full_sync(self) -> None:
-        self.sync_requested = True
-        self.wake.set()
-
     async def run(self) -> None:
+        """Connect, sync, write changes as they come; on any failure back off (0.2 s doubling to 10 s, reset once a
+        full sync went through) and start again."""
         delay = BACKOFF_SECONDS[0]
         while True:
             try:
                 connection = await RespConnection.open(self.settings.redis, TIMEOUT_SECONDS)
             except RedisError as exc:
                 self._failed(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_SECONDS[1])
-                continue
-            try:
-                await self._serve(connection)
-            except RedisError as exc:
-                self._failed(exc)
-            finally:
-                self.connected = False
-                self.metrics.redis_up.set(0)
-                connection.close()
+            else:
+                try:
+                    await self._serve(connection)
+                except RedisError as exc:
+                    self._failed(exc)
+                finally:
+                    self.connected = False
+                    self.metrics.redis_up.set(0)
+                    connection.close()
+                if self.healthy:
+                    delay = BACKOFF_SECONDS[0]
+            self.healthy = False
             await asyncio.sleep(delay)
-            delay = BACKOFF_SECONDS[0]
+            delay = min(delay * 2, BACKOFF_SECONDS[1])
 
     async def _serve(self, connection: RespConnection) -> None:
         self.connected = True
@@ -93,7 +94,7 @@ class RedisWriter:
                 self.sync_requested = False
                 await self.full_sync(connection)
                 next_refresh = time.monotonic() + REFRESH_SECONDS
-            self.metrics.redis_up.set(1)
+                self._recovered()
             if not self.index.pending:
                 self.wake.clear()
                 try:
@@ -106,6 +107,14 @@ class RedisWriter:
             await self._write(connection, self._changes(self.index.take_pending()))
             if oldest is not None:
                 self.metrics.lag.observe(max(0.0, time.time() - oldest))
+
+    def _recovered(self) -> None:
+        self.metrics.redis_up.set(1)
+        self.healthy = True
+        if self.failures:
+            log.info("KV-event relay: Redis answers again after %d failed attempts", self.failures)
+            self.failures = 0
+            self.once.forget("redis:")
 
     async def full_sync(self, connection: RespConnection) -> None:
         """Make Redis hold exactly what the index holds for this pod."""
@@ -206,15 +215,15 @@ class RedisWriter:
         errors = await connection.pipeline(b"".join(batch), len(batch))
         for error in errors:
             code = error.split(" ", 1)[0]
-            self.metrics.redis_errors.labels("server").inc()
-            if code != "WRONGTYPE":  # someone else's key of another type: skip it, the rest went through
+            if code != "WRONGTYPE":  # e.g. OOM, READONLY, NOAUTH: nothing else will get through either
                 raise RedisError("server", f"Redis answered {code}")
+            self.metrics.redis_errors.labels("server").inc()  # someone else's key of another type: skipped
             self.once.warning("redis:WRONGTYPE", "KV-event relay: a key it writes has another type in Redis: %s", error)
         return len(batch) - len(errors)
 
     def _failed(self, exc: RedisError) -> None:
-        if not isinstance(exc, RedisError) or exc.kind != "server":
-            self.metrics.redis_errors.labels(exc.kind).inc()
+        self.failures += 1
+        self.metrics.redis_errors.labels(exc.kind).inc()
         self.index.take_pending()
         self.once.warning(
             f"redis:{exc.kind}",
