@@ -173,7 +173,7 @@ def ensure_nuitka() -> None:
     except importlib.metadata.PackageNotFoundError:
         found = None
     if found != NUITKA_VERSION:
-        log(f"nuitka {found or 'missing'} in {sys.prefix}, want {NUITKA_VERSION} (from requirements.lock): run make venv")
+        log(f"nuitka {found or 'missing'} in {sys.prefix}, want {NUITKA_VERSION} (requirements.lock): run make venv")
         sys.exit(1)
 
 
