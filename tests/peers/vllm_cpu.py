@@ -48,9 +48,14 @@ RECIPE_REVISION = "1"
 SERVED_MODEL_NAME = "tiny"
 ADAPTER_NAMES = ("lora-a", "lora-b")
 MAX_LORA_RANK = 8
-# vLLM's CPU backend uses 128-token KV blocks; a prompt longer than one block, sent twice, makes a
-# prefix-cache hit (about 165 tokens with the tiny tokenizer; max-model-len is 256).
+# A prompt longer than one KV block, sent twice, makes a prefix-cache hit (about 165 tokens with the tiny tokenizer;
+# max-model-len is 256).
 LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 15)
+# KV-cache events (`running_vllm(kv_events=True)`): the CPU attention backend needs a block size that is a multiple of
+# 32 ("No common block size for 16"); a small KV cache (64 blocks of 32 tokens) makes evictions easy to provoke.
+KV_BLOCK_SIZE = 32
+KV_NUM_BLOCKS = 64
+KV_TOPIC = "kv-events"
 DEFAULT_START_TIMEOUT = 300.0
 STOP_TIMEOUT = 30.0
 
@@ -126,6 +131,8 @@ def serve_env(base: dict[str, str] | None = None) -> dict[str, str]:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
+            # POST /reset_prefix_cache (the KV-event tests clear the prefix cache through it)
+            "VLLM_SERVER_DEV_MODE": "1",
         }
     )
     return env
@@ -281,6 +288,46 @@ class VllmNotInstalledError(RuntimeError):
 free_port = processes.free_port
 
 
+@dataclass(frozen=True)
+class KvEventsPorts:
+    """Where vLLM publishes KV-cache events: its PUB socket *connects* to `endpoint` (a concrete address, so the
+    consumer binds there) and its ROUTER replay socket binds `replay_endpoint`."""
+
+    publish: int
+    replay: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.publish}"
+
+    @property
+    def replay_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.replay}"
+
+    def engine_args(self) -> list[str]:
+        config = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": self.endpoint,
+            "replay_endpoint": self.replay_endpoint,
+            "topic": KV_TOPIC,
+        }
+        return [
+            "--enable-prefix-caching",
+            "--block-size",
+            str(KV_BLOCK_SIZE),
+            "--num-gpu-blocks-override",
+            str(KV_NUM_BLOCKS),
+            "--kv-events-config",
+            json.dumps(config),
+        ]
+
+    @classmethod
+    def pick(cls) -> KvEventsPorts:
+        base = processes.pick_port_base(2)
+        return cls(publish=base, replay=base + 1)
+
+
 @dataclass
 class VllmPeer(processes.ServerProcess):
     """A `vllm serve` process group on 127.0.0.1; start()/stop()/kill()/restart() can be called by tests."""
@@ -291,6 +338,7 @@ class VllmPeer(processes.ServerProcess):
     log_path: Path
     start_timeout: float = DEFAULT_START_TIMEOUT
     extra_args: list[str] = field(default_factory=list)
+    kv_events: KvEventsPorts | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -324,6 +372,7 @@ class VllmPeer(processes.ServerProcess):
             # ("Worker proc VllmWorker-0 died unexpectedly") on a Xeon without avx512_bf16/AMX.
             "--dtype",
             "float32",
+            *(self.kv_events.engine_args() if self.kv_events else []),
             *self.extra_args,
         ]
 
@@ -376,8 +425,11 @@ def running_vllm(
     start_timeout: float = DEFAULT_START_TIMEOUT,
     extra_args: Sequence[str] = (),
     log_dir: Path | None = None,
+    kv_events: bool = False,
 ) -> Iterator[VllmPeer]:
-    """Start `vllm serve` (tiny model) on 127.0.0.1, wait for /health, yield it, stop its process group."""
+    """Start `vllm serve` (tiny model) on 127.0.0.1, wait for /health, yield it, stop its process group.
+    `kv_events`: prefix caching with 32-token blocks, a 64-block cache, and KV-cache events published to
+    `peer.kv_events.endpoint` (vLLM connects there) with a replay socket on `peer.kv_events.replay_endpoint`."""
     if not is_installed():
         raise VllmNotInstalledError(
             f"vLLM peer not installed (venv {venv_dir()}, assets {assets_dir()}); "
@@ -397,6 +449,7 @@ def running_vllm(
             log_path=log_path,
             start_timeout=start_timeout,
             extra_args=list(extra_args),
+            kv_events=KvEventsPorts.pick() if kv_events else None,
         )
         started = time.monotonic()
         peer.start()
@@ -478,6 +531,44 @@ def record_fixtures(out: Path) -> None:
             print(f"{name}: {response.status} {content_type} {len(body)} bytes", flush=True)
 
 
+SHARED_PREFIX = "airuntime relays the engine's KV-cache events to Redis for the router. " * 5
+
+
+def distinct_prompt(index: int) -> str:
+    """A prompt of about 180 tokens that shares no 32-token block with any other index."""
+    return f"Request number {index}: " + " ".join(f"{index}-{word}" for word in LONG_PROMPT.split()[:40])
+
+
+def reset_prefix_cache(base_url: str) -> None:
+    status, body = http_json("POST", f"{base_url}/reset_prefix_cache")
+    if status != 200:
+        raise RuntimeError(f"reset_prefix_cache answered {status}: {body[:300]!r}")
+
+
+def record_kv_events(out: Path) -> None:
+    """Start vLLM with KV-cache events, run a scenario that produces every event type (a shared prefix, a LoRA
+    request, evictions from the 64-block cache, a prefix-cache reset), then fetch every batch from the replay socket
+    into OUT/vllm-VERSION.kv-events.jsonl (frames as the engine sent them)."""
+    sys.path.insert(0, str(processes.REPO_ROOT))
+    from tests.support.kv_events import replay_frames, save_frames
+
+    out.mkdir(parents=True, exist_ok=True)
+    with running_vllm(kv_events=True) as peer:
+        assert peer.kv_events is not None
+        for question in ("What is cached?", "Who reads it?", "Where does it go?"):
+            complete(peer.base_url, SERVED_MODEL_NAME, SHARED_PREFIX + question)
+        load_adapter(peer.base_url, "lora-a", peer.adapter_dirs["lora-a"])
+        complete(peer.base_url, "lora-a", SHARED_PREFIX + "What is cached?")
+        for index in range(14):  # about 7 blocks each: more than the 64-block cache holds
+            complete(peer.base_url, SERVED_MODEL_NAME, distinct_prompt(index))
+        reset_prefix_cache(peer.base_url)
+        complete(peer.base_url, SERVED_MODEL_NAME, SHARED_PREFIX + "What is cached?")
+        time.sleep(1.0)
+        frames = replay_frames(peer.kv_events.replay_endpoint)
+    path = out / f"vllm-{VLLM_VERSION}.kv-events.jsonl"
+    print(f"{path}: {save_frames(path, frames)} batches", flush=True)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -494,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("out", type=Path)
     record = sub.add_parser("record-fixtures", help="record real /metrics payloads into DIR")
     record.add_argument("out", type=Path)
+    record_kv = sub.add_parser("record-kv-events", help="record real KV-cache event batches into DIR")
+    record_kv.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "install":
         install()
@@ -509,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer.run_until_interrupted()
     elif args.command == "record-fixtures":
         record_fixtures(args.out)
+    elif args.command == "record-kv-events":
+        record_kv_events(args.out)
     return 0
 
 

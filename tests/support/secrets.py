@@ -12,8 +12,9 @@ ENGINE_API_KEY = "airt-engine-key-R5tY8uI0pZ"
 S3_SECRET_KEY = "airt-s3-secret-Hj4Kl6Mn8B"
 HF_TOKEN = "hf_airtHubToken3Zx5Cv7Bn9Mq"
 URL_PASSWORD = "airt-url-pass-Wq1Er3Ty5U"
+REDIS_PASSWORD = "airt-redis-pass-Lm2Nb4Vc6X"
 
-_registered: set[str] = {API_TOKEN, ENGINE_API_KEY, S3_SECRET_KEY, HF_TOKEN, URL_PASSWORD}
+_registered: set[str] = {API_TOKEN, ENGINE_API_KEY, S3_SECRET_KEY, HF_TOKEN, URL_PASSWORD, REDIS_PASSWORD}
 _outputs: list[tuple[str, str]] = []
 
 

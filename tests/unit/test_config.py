@@ -41,6 +41,10 @@ SAMPLE_VALUES: dict[str, tuple[str, Any]] = {
     "shutdown_timeout": ("3", 3.0),
 }
 SKIPPED = {"metrics_rules", "lora_adapters_file", "api_token_file", "allowed_roots", "protect_metrics"}  # own tests
+# the KV-event relay's settings need a Redis and a pod: tests/unit/test_kv_settings.py and test_kv_sidecar.py
+SKIPPED |= {"kv_events_enabled", "redis_url", "redis_ca_file", "kv_events_endpoint", "kv_events_replay_endpoint",
+            "kv_events_topic", "kv_events_bind", "kv_events_dp_size", "kv_events_dp_rank",
+            "kv_events_router_block_size", "kv_events_max_blocks"}  # fmt: skip
 
 
 def test_every_declared_setting_is_in_the_sample_table() -> None:
