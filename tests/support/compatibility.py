@@ -13,6 +13,7 @@ A row: (product, kind, what they run, what airuntime does, check). Checks:
     ("field", METHOD, PATH, FIELD)   the request body field is described (and so accepted)
     ("config-key", KEY)              a download config key
     ("extra-key", KEY)               an AIBrix download_extra_config key
+    ("kv-env", VARIABLE)             the KV-event relay's settings read it (runtime/kv_events/settings.py)
     ("ignored", VARIABLE)            accepted without effect, for the reason given
 """
 
@@ -105,6 +106,15 @@ ROWS: list[Row] = [
     (KTHENA, "variable", "`MS_TOKEN`, `MS_REVISION` (ModelScope)", "the same; then the SDK's `MODELSCOPE_API_TOKEN`, "
      "`MODELSCOPE_ENDPOINT`, `MODELSCOPE_DOMAIN`",
      ("credential-env", ["MS_TOKEN", "MS_REVISION", "MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"])),
+    (KTHENA, "variable", "`REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD`", "the KV-cache event relay's Redis "
+     "(the relay runs when a Redis is configured, with `--pod` and `--model`; `--redis-url` adds a user and TLS)",
+     ("kv-env", ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"])),
+    (KTHENA, "variable", "`VLLM_ZMQ_ENDPOINT`, `VLLM_ZMQ_TOPIC_FILTER`, `SGLANG_ZMQ_ENDPOINT`, `SGLANG_ZMQ_TOPIC_FILTER`",
+     "the same, plus `VLLM_ZMQ_REPLAY_ENDPOINT` / `SGLANG_ZMQ_REPLAY_ENDPOINT` for the engine's replay socket",
+     ("kv-env", ["VLLM_ZMQ_ENDPOINT", "VLLM_ZMQ_TOPIC_FILTER", "VLLM_ZMQ_REPLAY_ENDPOINT", "SGLANG_ZMQ_ENDPOINT",
+                 "SGLANG_ZMQ_TOPIC_FILTER", "SGLANG_ZMQ_REPLAY_ENDPOINT"])),
+    (KTHENA, "variable", "`POD_NAME`, `NAMESPACE` (set by Kthena's manifests)", "the relay's owner name "
+     "`POD_NAME.NAMESPACE` when `--pod` is not given", ("kv-env", ["POD_NAME"])),
     (KTHENA, "variable", "`REQUEST_TIMEOUT`", "no effect: engine calls have their own bounds (`--scrape-timeout`, "
      "300 s for adapter loads)", ("ignored", "REQUEST_TIMEOUT")),
     # -- endpoints and bodies ---------------------------------------------------------------------------------

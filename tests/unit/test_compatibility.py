@@ -39,6 +39,24 @@ def body_fields(method: str, path: str) -> set[str]:
     return set(body.get("properties", {}))
 
 
+KV_SAMPLES = {"REDIS_HOST": "redis-1", "REDIS_PORT": "6380", "REDIS_DB": "2", "REDIS_PASSWORD": "pw-sample-123",
+              "VLLM_ZMQ_ENDPOINT": "tcp://e:6000", "VLLM_ZMQ_TOPIC_FILTER": "t", "VLLM_ZMQ_REPLAY_ENDPOINT": "tcp://e:6001",
+              "SGLANG_ZMQ_ENDPOINT": "tcp://s:6000", "SGLANG_ZMQ_TOPIC_FILTER": "t",
+              "SGLANG_ZMQ_REPLAY_ENDPOINT": "tcp://s:6001", "POD_NAME": "runtime-0"}  # fmt: skip
+
+
+def kv_settings_with(variable: str, present: bool) -> Any:
+    """The relay's settings with Kthena's usual environment, with or without one variable's sample value."""
+    from runtime.kv_events.settings import KvEventsFlags, build_settings
+
+    engine = "sglang" if variable.startswith("SGLANG_") else "vllm"
+    env = {"REDIS_HOST": "redis-0", "NAMESPACE": "ns"}
+    if present:
+        env[variable] = KV_SAMPLES[variable]
+    pod = "" if variable == "POD_NAME" else "p.ns"
+    return build_settings(KvEventsFlags(), engine=engine, pod=pod, model="m", environ=env)[0]
+
+
 def holds(check: tuple[Any, ...]) -> bool:
     """Whether a row's check holds; a list as the last element means every item of it."""
     kind, *rest = check
@@ -60,6 +78,8 @@ def holds(check: tuple[Any, ...]) -> bool:
         return any(r.method == rest[0] and r.path == rest[1] for r in ROUTES)  # type: ignore[attr-defined]
     if kind == "field":
         return rest[2] in body_fields(rest[0], rest[1])
+    if kind == "kv-env":
+        return kv_settings_with(rest[0], True) != kv_settings_with(rest[0], False)
     if kind == "config-key":
         return rest[0] in CONFIG_KEYS
     if kind == "extra-key":
