@@ -21,8 +21,8 @@
 # script or a Debian security update gives a new prefix, an unchanged one is reused at once. It is a local cache:
 # CI on a fresh machine builds it (about 8 min on 2 cores; `BUILD_JOBS` sets make's -j).
 #
-# Also writes <prefix>/toolchain.env: CC/CXX/AR/CFLAGS/LDFLAGS for the same target, which build/build_binary.py
-# loads so that Nuitka compiles the program with the same compiler and glibc floor.
+# Also writes <prefix>/toolchain/clang: zig's clang for the same target, which build/build_binary.py gives Nuitka as
+# CC so that the program and its launcher have the same compiler and glibc floor.
 set -euo pipefail
 
 TARGET=${TARGET:-x86_64-linux-gnu.2.28}
@@ -201,7 +201,17 @@ edits = {
          None),
     ],
     "Modules/pyexpat.c": [("", "#ifndef Py_BUILD_CORE_MODULE\n#  define Py_BUILD_CORE_MODULE 1\n#endif\n")],
+    # 3.11.2's getpath realpath() frees the pointer _Py_normpath returns, which points past a leading "./" of a
+    # relative symlink target: `./bin/aibrix_runtime -> ../opt/airuntime/airuntime` aborted at start with
+    # "munmap_chunk(): invalid pointer". Keep the joined buffer and free that one.
+    "Modules/getpath.c": [
+        ("            path2 = _Py_normpath(_Py_join_relfile(path, resolved), -1);\n", "REPLACE"),
+    ],
 }
+GETPATH_FIX = """            wchar_t *joined = _Py_join_relfile(path, resolved);
+            path2 = joined ? _PyMem_RawWcsdup(_Py_normpath(joined, -1)) : NULL;
+            PyMem_RawFree((void *)joined);
+"""
 for name, changes in edits.items():
     path = root / name
     text = path.read_text()
@@ -211,7 +221,9 @@ for name, changes in edits.items():
             continue
         if text.count(anchor) != 1:
             sys.exit(f"portable_python: {name}: anchor not found once: {anchor!r}")
-        if added is None:  # the /usr/local lines: never
+        if added == "REPLACE":
+            text = text.replace(anchor, GETPATH_FIX)
+        elif added is None:  # the /usr/local lines: never
             text = text.replace(anchor, anchor.replace("if not CROSS_COMPILING:", "if False:  # airuntime"))
         else:
             text = text.replace(anchor, anchor + added)
@@ -227,17 +239,16 @@ in_dir python3.11 make install
 "$PREFIX/bin/python3.11" -c 'import ssl, _ssl, hashlib, _hashlib, ctypes, zlib, _decimal, _asyncio, select, pyexpat
 print(ssl.OPENSSL_VERSION, "zlib", zlib.ZLIB_RUNTIME_VERSION)' >&2
 
-cat > "$PREFIX/toolchain.env" <<EOF
-# written by build/portable_python.sh: the compiler of this Python, for Nuitka (build/build_binary.py)
-TARGET=$TARGET
-ZIG=$ZIG
-CC=$PREFIX/toolchain/zig-cc
-CXX=$PREFIX/toolchain/zig-c++
-AR=$PREFIX/toolchain/zig-ar
-RANLIB=$PREFIX/toolchain/zig-ranlib
-EOF
+# The compiler Nuitka uses for the program and its onefile launcher: the same zig and target. Named `clang` so
+# Nuitka treats it as clang and puts ccache in front (it does not for a compiler named zig); version queries go
+# without the target, which zig rejects there.
 mkdir -p "$PREFIX/toolchain"
-cp "$WORK"/bin/zig-* "$PREFIX/toolchain/"
+cat > "$PREFIX/toolchain/clang" <<EOF
+#!/bin/sh
+case " \$* " in *" -dumpversion "*|*" --version "*) exec "$ZIG" cc "\$@" ;; esac
+exec "$ZIG" cc -target $TARGET "\$@"
+EOF
+chmod +x "$PREFIX/toolchain/clang"
 {
   for pkg in "${SOURCES[@]}"; do echo "$pkg ${VERSION[$pkg]}"; done
   echo "zig $("$ZIG" version)"
