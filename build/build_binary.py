@@ -124,6 +124,9 @@ NOFOLLOW = [
     "yaml._yaml",
     "_yaml",
     "aiohttp._websocket.reader_c",
+    # frozenlist's accelerator is C++ (needs the host's libstdc++.so.6, which the portability gate forbids);
+    # frozenlist falls back to its pure-Python FrozenList, used only for aiohttp's signal lists
+    "frozenlist._frozenlist",
     # huggingface_hub: the sidecar uses HfApi's listing and its errors; not the CLI, inference clients (~100
     # generated modules), serialization, framework mixins, webhooks/OAuth servers, nor HfFileSystem (fsspec)
     "huggingface_hub.cli",
@@ -159,16 +162,19 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
-def ensure_debian_tools(use_ccache: bool) -> None:
+def ensure_debian_tools(use_ccache: bool, host_compiler: bool) -> None:
+    """patchelf (Nuitka needs it), ccache, readelf (the portability gate); gcc only for the host toolchain."""
     wanted = ["patchelf"] + (["ccache"] if use_ccache else [])
     missing = [tool for tool in wanted if shutil.which(tool) is None]
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
+    if shutil.which("readelf") is None:
+        missing.append("binutils")
+    if host_compiler and shutil.which("gcc") is None and shutil.which("cc") is None:
         missing.append("gcc")
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         log(f"missing {', '.join(missing)}: install them (Debian: apt-get install {' '.join(missing)})")
-        if "patchelf" in missing or "gcc" in missing:
+        if "patchelf" in missing or "gcc" in missing or "binutils" in missing:
             sys.exit(1)
         return
     log(f"apt-get install {' '.join(missing)}")
@@ -408,7 +414,7 @@ def main() -> None:
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
     DIST.mkdir(exist_ok=True)
-    ensure_debian_tools(not args.no_ccache)
+    ensure_debian_tools(not args.no_ccache, args.toolchain == "host")
     env = dict(os.environ)
     python, static = toolchain(args, env)
     ensure_nuitka(python)

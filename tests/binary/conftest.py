@@ -49,3 +49,25 @@ def rootfs(binary: Path) -> Path:
     if os.geteuid() != 0:
         pytest.skip("the rootfs tests need root (chroot, mount namespaces)")
     return path
+
+
+@pytest.fixture(scope="session")
+def standalone(binary: Path) -> Path:
+    """The standalone folder of the same build (dist/airuntime.dist, what the image ships): AIRUNTIME_DIST."""
+    value = os.environ.get("AIRUNTIME_DIST")
+    if not value:
+        pytest.skip("AIRUNTIME_DIST not set (make test-binary sets it to dist/airuntime.dist)")
+    path = Path(value).resolve()
+    if not os.access(path / "airuntime", os.X_OK):
+        message = f"AIRUNTIME_DIST={value} has no program `airuntime` (run `make binary`)"
+        if _in_ci():
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def peer_missing(message: str) -> None:
+    """A real peer is not installed: a failure in CI (which runs `make peers` first), else a skip."""
+    if _in_ci():
+        pytest.fail(f"CI=true and {message} (make peers installs it)", pytrace=False)
+    pytest.skip(f"{message} (make peers installs it)")
