@@ -224,21 +224,29 @@ def manylinux_hook(glibc: tuple[int, int]) -> str:
     )
 
 
-def build_venv(prefix: Path, glibc: tuple[int, int]) -> Path:
-    """A venv of the portable Python with exactly requirements.lock; reused while the Python and the lock stay."""
+def build_venv(prefix: Path, glibc: tuple[int, int], latest: bool) -> Path:
+    """A venv of the portable Python with exactly requirements.lock; reused while the Python and the lock stay.
+
+    With `latest` (make latest: AIRUNTIME_BUILD_REQUIREMENTS=latest) the newest releases of the runtime and build
+    dependencies instead, in a venv made afresh every time.
+    """
     lock = REPO / "requirements.lock"
     hook = manylinux_hook(glibc)
-    key = hashlib.sha256(lock.read_bytes() + hook.encode()).hexdigest()[:12]
+    key = "latest" if latest else hashlib.sha256(lock.read_bytes() + hook.encode()).hexdigest()[:12]
     venv = prefix.parent / f"venv-{prefix.name}-{key}"
-    if (venv / ".complete").exists():
+    if (venv / ".complete").exists() and not latest:
         return venv
-    log(f"venv {venv} from requirements.lock")
+    log(f"venv {venv} from {'the newest releases' if latest else 'requirements.lock'}")
     shutil.rmtree(venv, ignore_errors=True)
     run([str(prefix / "bin" / "python3"), "-m", "venv", str(venv)])
     site = venv / "lib" / "python3.11" / "site-packages"
     (site / "_manylinux.py").write_text(hook, encoding="utf-8")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(lock)])
+    if latest:
+        run([*pip, "install", "--upgrade", f"{REPO}[build]"])
+        run([*pip, "uninstall", "-y", "airuntime"], stdout=subprocess.DEVNULL)  # compiled from the checkout
+    else:
+        run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(lock)])
     run([*pip, "check"], stdout=subprocess.DEVNULL)
     (venv / ".complete").touch()
     return venv
@@ -355,7 +363,7 @@ def toolchain(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, str]
     if args.toolchain == "host":
         return Path(sys.executable), static_libpython()
     prefix = portable_python(args.target)
-    venv = build_venv(prefix, glibc_of(args.target))
+    venv = build_venv(prefix, glibc_of(args.target), os.environ.get("AIRUNTIME_BUILD_REQUIREMENTS") == "latest")
     env["CC"] = str(prefix / "toolchain" / "clang")
     env.pop("CXX", None)
     env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(prefix.parent / "zig-cache")
