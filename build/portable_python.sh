@@ -205,7 +205,11 @@ edits = {
     # relative symlink target: `./bin/aibrix_runtime -> ../opt/airuntime/airuntime` aborted at start with
     # "munmap_chunk(): invalid pointer". Keep the joined buffer and free that one.
     "Modules/getpath.c": [
-        ("            path2 = _Py_normpath(_Py_join_relfile(path, resolved), -1);\n", "REPLACE"),
+        (
+            "            path2 = _Py_join_relfile(path, resolved);\n            if (path2) {\n"
+            "                path2 = _Py_normpath(path2, -1);\n            }\n",
+            "REPLACE",
+        ),
     ],
 }
 GETPATH_FIX = """            wchar_t *joined = _Py_join_relfile(path, resolved);
