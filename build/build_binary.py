@@ -358,12 +358,27 @@ def summarize_report(report: Path, dist_dir: Path, target: Path) -> str:
     return "\n".join(lines)
 
 
+def prune_cache(prefix: Path, venv: Path, target: str) -> None:
+    """Drop the portable Pythons (and their venvs) of this target that older builds left, unused for a day."""
+    day_ago = time.time() - 86_400
+    for old in prefix.parent.glob(f"*{target}-*"):
+        if old in (prefix, venv) or not old.is_dir():
+            continue
+        marker = old / ".complete"
+        if (marker if marker.exists() else old).stat().st_mtime < day_ago:
+            log(f"removing {old} (an older build's)")
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def toolchain(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, str]:
     """(the Python that runs Nuitka, --static-libpython value); sets the compiler variables in env."""
     if args.toolchain == "host":
         return Path(sys.executable), static_libpython()
     prefix = portable_python(args.target)
     venv = build_venv(prefix, glibc_of(args.target), os.environ.get("AIRUNTIME_BUILD_REQUIREMENTS") == "latest")
+    prune_cache(prefix, venv, args.target)
+    for used in (prefix, venv):
+        (used / ".complete").touch()  # the time of last use, for prune_cache
     env["CC"] = str(prefix / "toolchain" / "clang")
     env.pop("CXX", None)
     env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(prefix.parent / "zig-cache")
