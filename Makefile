@@ -34,8 +34,8 @@ test-e2e: $(STAMP) peers
 test-all: test test-e2e
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime tests $(wildcard bench build)
-	$(BIN)/ruff format --check runtime
+	$(BIN)/ruff check runtime tests deploy $(wildcard bench build)
+	$(BIN)/ruff format --check runtime deploy
 	$(BIN)/mypy
 
 ## Real peers for the e2e suites: Debian's prometheus (promtool), SeaweedFS (S3), Azurite (npm), fake-gcs-server,

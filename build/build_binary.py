@@ -188,7 +188,7 @@ def ensure_nuitka(python: Path) -> None:
     probe = "import importlib.metadata as m\ntry:\n print(m.version('nuitka'))\nexcept Exception:\n print('missing')"
     found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
     if found != NUITKA_VERSION:
-        log(f"nuitka {found or 'missing'} in {python}, want {NUITKA_VERSION} (from requirements.lock): run make venv")
+        log(f"nuitka {found or 'missing'} in {python}, want {NUITKA_VERSION} (requirements.lock): run make venv")
         sys.exit(1)
 
 

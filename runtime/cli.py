@@ -1,98 +1,40 @@
-"""The `airuntime` command line: `serve` and `metrics rewrite`, with the flags of AIBrix and Kthena as aliases.
+"""The `airuntime` command line: `serve`, `download`, `probe` and `metrics rewrite`, and what runs when the program
+is invoked under another name or with arguments alone.
 
-Every setting reads, in order: its flag, our `AIRUNTIME_*` variable, the competitor's variable, the default.
-Bad input ends with one readable line on stderr and a non-zero exit, never a traceback.
+`serve`'s and `download`'s options come from settings declared once (runtime/config.py, runtime/download/cli_args.py:
+flag > AIRUNTIME_* > AIBrix's or Kthena's variable > default). `route` picks the command: under AIBrix's names
+(`aibrix_runtime`, `aibrix_download`) with AIBrix's defaults; arguments that start with an option run `serve`, or
+`download` when they name a source (Kthena's image entry points). Bad input ends with one readable line on stderr
+and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any
 
 import click
 import orjson
 
 from runtime import __version__
-from runtime.config import (
-    ConfigError,
-    ServeConfig,
-    normalize_engine_url,
-    normalize_path,
-    normalize_roots,
-    public_url,
-    resolve_api_token,
-)
-from runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
-from runtime.metrics.rules import (
-    DEFAULT_PROFILE,
-    RulesError,
-    RuleSet,
-    available_profiles,
-    build_ruleset,
-    engine_choices,
-    load_rules_file,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
+from runtime.cli_options import settings_options
+from runtime.config import ServeConfig, canonical_engine
+from runtime.download.cli_args import CliDownload
+from runtime.errors import SidecarError
+from runtime.logs import configure_logging
+from runtime.metrics.rules import RuleSet, build_ruleset, load_rules_file
 
 log = logging.getLogger("airuntime")
 
-
-def _engine_choice() -> click.Choice[str]:
-    return click.Choice(engine_choices(), case_sensitive=False)
-
-
-def metrics_options(func: F) -> F:
-    """Options shared by `serve` and `metrics rewrite`: both run the same rewriter with the same rules."""
-    options = [
-        click.option(
-            "-E",
-            "--engine",
-            type=_engine_choice(),
-            default="auto",
-            show_default=True,
-            envvar=["AIRUNTIME_ENGINE", "INFERENCE_ENGINE"],
-            help="Inference engine beside the sidecar; auto recognises it from its metrics.",
-        ),
-        click.option(
-            "--metrics-prefix",
-            default=None,
-            envvar="AIRUNTIME_METRICS_PREFIX",
-            help="Prefix of unified metric names, PREFIX:name [default: airuntime, or the profile's].",
-        ),
-        click.option(
-            "--metrics-profile",
-            type=click.Choice(available_profiles()),
-            default=DEFAULT_PROFILE,
-            show_default=True,
-            envvar="AIRUNTIME_METRICS_PROFILE",
-            help="Name set of the unified families: our own, or another product's (aibrix).",
-        ),
-        click.option(
-            "--metrics-rules",
-            type=click.Path(dir_okay=False),
-            default=None,
-            envvar="AIRUNTIME_METRICS_RULES",
-            help="JSON or YAML file of extra or replacing rename rules.",
-        ),
-        click.option(
-            "--raw-metrics/--no-raw-metrics",
-            default=True,
-            show_default=True,
-            envvar="AIRUNTIME_RAW_METRICS",
-            help="Keep the engine's own families beside the unified ones.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+METRICS_SETTINGS = ("engine", "metrics_prefix", "metrics_profile", "metrics_rules", "raw_metrics")
 
 
 def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None) -> RuleSet:
     overrides = load_rules_file(metrics_rules) if metrics_rules else None
-    return build_ruleset(engine.lower(), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
+    return build_ruleset(canonical_engine(engine), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
 
 
 @click.group(
@@ -112,220 +54,13 @@ def cli(ctx: click.Context, version: bool) -> None:
 
 
 @cli.command()
-@metrics_options
-@click.option(
-    "-B",
-    "--engine-url",
-    "--engine-base-url",
-    "engine_url",
-    default="http://localhost:8000",
-    show_default=True,
-    envvar=["AIRUNTIME_ENGINE_URL", "INFERENCE_ENGINE_ENDPOINT"],
-    help="Base URL of the engine (env AIRUNTIME_ENGINE_URL, INFERENCE_ENGINE_ENDPOINT).",
-)
-@click.option(
-    "-M",
-    "--engine-metrics-path",
-    default=None,
-    envvar=["AIRUNTIME_ENGINE_METRICS_PATH", "METRIC_SCRAPE_PATH"],
-    help="Path of the engine's Prometheus endpoint [default: the engine's own, /metrics for most].",
-)
-@click.option(
-    "--engine-health-path",
-    default=None,
-    envvar="AIRUNTIME_ENGINE_HEALTH_PATH",
-    help="Path of the engine's health check used by /ready [default: the engine's own, e.g. /health].",
-)
-@click.option(
-    "--engine-api-key",
-    default=None,
-    envvar=["AIRUNTIME_ENGINE_API_KEY", "INFERENCE_ENGINE_API_KEY"],
-    help="Sent to the engine as a Bearer token (env INFERENCE_ENGINE_API_KEY too). Never logged.",
-)
-@click.option("-H", "--host", default="0.0.0.0", show_default=True, envvar="AIRUNTIME_HOST", help="Listen address.")
-@click.option(
-    "-P",
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=9000,
-    show_default=True,
-    envvar="AIRUNTIME_PORT",
-    help="Listen port.",
-)
-@click.option(
-    "--scrape-timeout",
-    type=click.FloatRange(0.05, 300),
-    default=2.0,
-    show_default=True,
-    envvar="AIRUNTIME_SCRAPE_TIMEOUT",
-    help="Seconds to wait for the engine's metrics or health answer.",
-)
-@click.option("-I", "--pod", default="", envvar="AIRUNTIME_POD", help="Pod name, shown in sidecar_info.")
-@click.option("-N", "--model", default="", envvar="AIRUNTIME_MODEL", help="Model name, shown in sidecar_info.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="AIRUNTIME_LOG_LEVEL",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    envvar="AIRUNTIME_LOG_FORMAT",
-)
-@click.option(
-    "--models-dir",
-    default="/tmp/airuntime/models",
-    show_default=True,
-    envvar=["AIRUNTIME_MODELS_DIR", "DOWNLOADER_LOCAL_DIR"],
-    help="Base of relative download targets and of AIBrix's /v1/model/list (env DOWNLOADER_LOCAL_DIR too).",
-)
-@click.option(
-    "--adapters-dir",
-    default="/tmp/airuntime/adapters",
-    show_default=True,
-    envvar="AIRUNTIME_ADAPTERS_DIR",
-    help="Where LoRA adapters downloaded without an output_dir land (ADAPTERS_DIR/NAME).",
-)
-@click.option(
-    "--lora-adapters",
-    "lora_adapters_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    envvar="AIRUNTIME_LORA_ADAPTERS",
-    help="YAML/JSON list of {name, source} adapters kept loaded; re-read when it changes.",
-)
-@click.option(
-    "--lora-reconcile-interval",
-    type=click.FloatRange(0.2, 3600),
-    default=5.0,
-    show_default=True,
-    envvar="AIRUNTIME_LORA_RECONCILE_INTERVAL",
-    help="Seconds between checks that the engine still has every desired adapter.",
-)
-@click.option(
-    "--api-token",
-    default=None,
-    envvar="AIRUNTIME_API_TOKEN",
-    help="Require `Authorization: Bearer TOKEN` on the management API (downloads, LoRA). Never logged.",
-)
-@click.option(
-    "--api-token-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    envvar="AIRUNTIME_API_TOKEN_FILE",
-    help="Read the API token from this file (e.g. a mounted Secret) instead of the command line.",
-)
-@click.option(
-    "--protect-metrics/--no-protect-metrics",
-    default=False,
-    show_default=True,
-    envvar="AIRUNTIME_PROTECT_METRICS",
-    help="Require the API token on /metrics too (probes stay open for the kubelet).",
-)
-@click.option(
-    "--allowed-root",
-    "allowed_roots",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    envvar="AIRUNTIME_ALLOWED_ROOTS",
-    help="Directory every output_dir, local_dir, lora_path and pvc:// path must resolve into; repeatable "
-    "(env: colon-separated). Unset: any path.",
-)
-@click.option(
-    "--max-request-bytes",
-    type=click.IntRange(1024, 1 << 30),
-    default=1024 * 1024,
-    show_default=True,
-    envvar="AIRUNTIME_MAX_REQUEST_BYTES",
-    help="Largest request body accepted (413 beyond).",
-)
-@click.option(
-    "--max-scrape-bytes",
-    type=click.IntRange(1024, 1 << 31),
-    default=4 * 1024 * 1024,
-    show_default=True,
-    envvar="AIRUNTIME_MAX_SCRAPE_BYTES",
-    help="Largest engine /metrics answer read; a bigger one fails the scrape (reason too_large).",
-)
-@click.option(
-    "--shutdown-timeout",
-    type=click.FloatRange(0.5, 3600),
-    default=20.0,
-    show_default=True,
-    envvar="AIRUNTIME_SHUTDOWN_TIMEOUT",
-    help="Seconds SIGTERM waits for requests and downloads before checkpointing them and exiting.",
-)
+@settings_options()
 @click.option("--print-config", is_flag=True, help="Print the effective configuration as JSON and exit.")
-def serve(
-    engine: str,
-    metrics_prefix: str | None,
-    metrics_profile: str,
-    metrics_rules: str | None,
-    raw_metrics: bool,
-    engine_url: str,
-    engine_metrics_path: str,
-    engine_health_path: str | None,
-    engine_api_key: str | None,
-    host: str,
-    port: int,
-    scrape_timeout: float,
-    pod: str,
-    model: str,
-    log_level: str,
-    log_format: str,
-    models_dir: str,
-    adapters_dir: str,
-    lora_adapters_file: str | None,
-    lora_reconcile_interval: float,
-    api_token: str | None,
-    api_token_file: str | None,
-    protect_metrics: bool,
-    allowed_roots: tuple[str, ...],
-    max_request_bytes: int,
-    max_scrape_bytes: int,
-    shutdown_timeout: float,
-    print_config: bool,
-) -> None:
-    """Run the sidecar: unified /metrics, /health and /ready beside the engine."""
-    config = ServeConfig(
-        engine=engine.lower(),
-        engine_url=normalize_engine_url(engine_url),
-        engine_metrics_path=normalize_path(engine_metrics_path, "--engine-metrics-path")
-        if engine_metrics_path
-        else None,
-        engine_health_path=normalize_path(engine_health_path, "--engine-health-path") if engine_health_path else None,
-        engine_api_key=engine_api_key or None,
-        host=host,
-        port=port,
-        metrics_prefix=metrics_prefix,
-        metrics_profile=metrics_profile,
-        metrics_rules=metrics_rules,
-        raw_metrics=raw_metrics,
-        scrape_timeout=scrape_timeout,
-        log_level=log_level.lower(),
-        log_format=log_format,
-        pod=pod,
-        model=model,
-        models_dir=models_dir,
-        adapters_dir=adapters_dir,
-        lora_adapters_file=lora_adapters_file,
-        lora_reconcile_interval=lora_reconcile_interval,
-        api_token=resolve_api_token(api_token, api_token_file),
-        protect_metrics=protect_metrics,
-        allowed_roots=normalize_roots(allowed_roots),
-        max_request_bytes=max_request_bytes,
-        max_scrape_bytes=max_scrape_bytes,
-        shutdown_timeout=shutdown_timeout,
-    )
-    if config.engine_api_key and public_url(config.engine_url) != config.engine_url:
-        raise ConfigError("the engine URL carries a user/password and --engine-api-key is set; give only one")
-    if protect_metrics and not config.api_token:
-        raise ConfigError("--protect-metrics needs --api-token or --api-token-file")
-    rules = compile_rules(config.engine, metrics_prefix, metrics_profile, metrics_rules)
+@click.option("--enable-fastapi-docs", is_flag=True, hidden=True, help="AIBrix flag: /openapi.json is always served.")
+def serve(print_config: bool, enable_fastapi_docs: bool, **settings: Any) -> None:
+    """Run the sidecar: unified /metrics, /health and /ready beside the engine, downloads, LoRA adapters."""
+    config = ServeConfig.from_options(settings)
+    rules = compile_rules(config.engine, config.metrics_prefix, config.metrics_profile, config.metrics_rules)
     if print_config:
         click.echo(orjson.dumps(config.describe(), option=orjson.OPT_INDENT_2).decode())
         return
@@ -338,86 +73,29 @@ def serve(
 
 @cli.command()
 @click.argument("source", required=False)
-@click.option("--model-uri", "model_uri", default=None, help="AIBrix spelling of SOURCE.")
-@click.option(
-    "--local-dir",
-    type=click.Path(file_okay=False),
-    envvar="DOWNLOADER_LOCAL_DIR",
-    required=True,
-    help="Target directory (env DOWNLOADER_LOCAL_DIR).",
-)
-@click.option("--model-name", default=None, help="AIBrix: download into LOCAL_DIR/MODEL_NAME.")
-@click.option("--revision", default=None, help="HuggingFace branch, tag or commit (default main, or HF_REVISION).")
-@click.option(
-    "--allow-suffix",
-    default="",
-    envvar="DOWNLOADER_ALLOW_FILE_SUFFIX",
-    help="Only files ending with one of these, comma-separated, e.g. json,safetensors.",
-)
-@click.option("--allow-pattern", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--ignore-pattern", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option(
-    "--max-workers",
-    type=click.IntRange(1, 256),
-    default=16,
-    show_default=True,
-    envvar="DOWNLOADER_NUM_THREADS",
-    help="Parallel transfers (env DOWNLOADER_NUM_THREADS).",
-)
-@click.option("--part-size-mib", type=click.IntRange(1, 4096), default=32, show_default=True, help="Ranged part size.")
-@click.option(
-    "--config",
-    "config_json",
-    default=None,
-    help="JSON object: hf_token hf_endpoint access_key secret_key endpoint region addressing_style verify_md5.",
-)
-@click.option("--download-extra-config", default=None, help="AIBrix JSON: ak sk endpoint region hf_token ...")
-@click.option("--force", is_flag=True, envvar="DOWNLOADER_FORCE_DOWNLOAD", help="Fetch every file again.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress display; only the final line.")
-@click.option("--enable-progress-bar", is_flag=True, hidden=True, help="AIBrix flag; the bar shows on a terminal.")
-def download(
-    source: str | None,
-    model_uri: str | None,
-    local_dir: str,
-    model_name: str | None,
-    revision: str | None,
-    allow_suffix: str,
-    allow_pattern: tuple[str, ...],
-    ignore_pattern: tuple[str, ...],
-    max_workers: int,
-    part_size_mib: int,
-    config_json: str | None,
-    download_extra_config: str | None,
-    force: bool,
-    quiet: bool,
-    enable_progress_bar: bool,
-) -> None:
+@click.option("-s", "--source", "source_option", default=None, help="Kthena spelling of SOURCE.")
+@click.option("--model-uri", default=None, help="AIBrix spelling of SOURCE.")
+@settings_options(declared_in=CliDownload)
+def download(source: str | None, source_option: str | None, model_uri: str | None, **options: Any) -> None:
     """Download a model (HF org/repo, s3://, tos://, obs://, gs://, az://, pvc://, https://) into --local-dir.
 
     Exits 0 only when every file is complete and verified.
     """
     from runtime.download.cli_run import run_cli_download
 
-    uri = source or model_uri
-    if not uri:
-        raise click.UsageError("give the SOURCE (or --model-uri)")
-    if source and model_uri and source != model_uri:
-        raise click.UsageError("give SOURCE or --model-uri, not two different sources")
-    run_cli_download(
-        uri=uri,
-        local_dir=local_dir,
-        model_name=model_name,
-        revision=revision,
-        allow_suffix=allow_suffix,
-        allow_patterns=allow_pattern,
-        ignore_patterns=ignore_pattern,
-        max_workers=max_workers,
-        part_size=part_size_mib * 1024 * 1024,
-        config_json=config_json,
-        extra_config_json=download_extra_config,
-        force=force,
-        quiet=quiet,
-    )
+    given = {value for value in (source, source_option, model_uri) if value}
+    if not given:
+        raise click.UsageError("give the SOURCE (or --source, or --model-uri)")
+    if len(given) > 1:
+        raise click.UsageError("give one source: SOURCE, --source or --model-uri")
+    asked = CliDownload(source=given.pop(), **options)
+    if asked.aibrix_layout:  # aibrix_download: the model goes into LOCAL_DIR/<its name>, whose path ends the output
+        from runtime.download import aibrix
+
+        asked = replace(asked, model_name=aibrix.model_name(asked.source, asked.model_name))
+    target = run_cli_download(asked)
+    if asked.aibrix_layout:
+        click.echo(str(target))
 
 
 @cli.command()
@@ -450,7 +128,7 @@ def metrics() -> None:
 
 
 @metrics.command("rewrite")
-@metrics_options
+@settings_options(only=METRICS_SETTINGS)
 def rewrite(
     engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None, raw_metrics: bool
 ) -> None:
@@ -472,10 +150,45 @@ def rewrite(
         click.echo(f"airuntime: dropped {rewriter.invalid_lines} invalid line(s)", err=True)
 
 
+# Invoked under AIBrix's command names (links in the image, console scripts of the package), the program behaves as
+# that command, with AIBrix's defaults where they differ from ours and matter to its manifests: the port its
+# controller calls, the adapters folder its webhook shares with the engine, the models folder, its metric names.
+AIBRIX_RUNTIME_DEFAULTS = {
+    "port": 8080,
+    "adapters_dir": "/tmp/aibrix/adapters",
+    "models_dir": "/tmp/aibrix/models",
+    "metrics_profile": "aibrix",
+}
+AIBRIX_DOWNLOAD_DEFAULTS = {"local_dir": "/tmp/aibrix/models", "aibrix_layout": True}
+PROGRAMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "aibrix_runtime": ("serve", AIBRIX_RUNTIME_DEFAULTS),
+    "aibrix_download": ("download", AIBRIX_DOWNLOAD_DEFAULTS),
+}
+# Arguments that start with an option name a command: Kthena's downloader passes `--source X --output-dir Y`, its
+# runtime `--port 8100 --engine vllm ...`, both to the image's entry point.
+DOWNLOAD_SOURCE_OPTIONS = ("-s", "--source", "--model-uri")
+GROUP_OPTIONS = ("--version", "-h", "--help")
+
+
+def route(program: str, args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The command line to run and click's default_map, from the name the program was invoked under and its
+    arguments."""
+    command, defaults = PROGRAMS.get(program, ("", {}))
+    if command:
+        return [command, *args], {command: defaults}
+    if args and args[0].startswith("-") and args[0] not in GROUP_OPTIONS:
+        is_download = any(arg.split("=", 1)[0] in DOWNLOAD_SOURCE_OPTIONS for arg in args)
+        return ["download" if is_download else "serve", *args], {}
+    return args, {}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: click's own errors and ours become one line on stderr."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else "airuntime"
+    args, defaults = route(program, list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=argv, prog_name="airuntime", standalone_mode=False)
+        cli.main(args=args, prog_name=program if program in PROGRAMS else "airuntime", standalone_mode=False,
+                 default_map=defaults)  # fmt: skip
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -483,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"airuntime: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except (ConfigError, RulesError) as exc:
-        click.echo(f"airuntime: error: {exc}", err=True)
+    except SidecarError as exc:
+        click.echo(f"airuntime: error: {exc.message}", err=True)
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(1)

@@ -1,13 +1,17 @@
 """Where a download's endpoint, region and credentials come from: the request's `config`, then the environment.
 
-`config` keys (Kthena's): hf_token hf_endpoint hf_revision access_key secret_key endpoint region, plus ours:
-session_token addressing_style (path|virtual) verify_md5 (false for SSE-KMS buckets, whose ETags are not MD5s),
-account_name (Azure; else taken from an endpoint like https://ACCOUNT.blob.core.windows.net or http://host/ACCOUNT)
-and skip_signature (gs/az: unsigned requests, for public buckets and emulators).
+`config` keys (Kthena's): hf_token hf_endpoint hf_revision ms_token ms_revision access_key secret_key endpoint region,
+plus ours: ms_endpoint (ModelScope's; `endpoint` works too) session_token addressing_style (path|virtual)
+verify_md5 (false for SSE-KMS buckets, whose ETags are not MD5s), account_name (Azure; else taken from an endpoint
+like https://ACCOUNT.blob.core.windows.net or http://host/ACCOUNT), skip_signature (gs/az: unsigned requests, for
+public buckets and emulators) and service_account_key (gs: a service account's JSON key, as AIBrix's
+gcp_service_account_json).
 For gs://, `endpoint` is the service's base URL (GCS `base_url`); for az://, `endpoint` is the account's blob
 endpoint and `access_key` its account key.
 Environment fallbacks, by source:
   hf   HF_TOKEN / HF_AUTH_TOKEN / HUGGING_FACE_HUB_TOKEN, HF_ENDPOINT, HF_REVISION
+  ms   MS_TOKEN (Kthena's) / MODELSCOPE_API_TOKEN (the SDK's), MS_REVISION, MODELSCOPE_ENDPOINT / MODELSCOPE_DOMAIN
+       (config ms_endpoint wins over config endpoint, which wins over both variables)
   s3   AWS_ACCESS_KEY_ID / ACCESS_KEY, AWS_SECRET_ACCESS_KEY / SECRET_KEY, AWS_SESSION_TOKEN,
        AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / ENDPOINT, AWS_REGION / AWS_DEFAULT_REGION; with no keys at all,
        the default AWS chain (web identity / IRSA, container and instance credentials)
@@ -26,12 +30,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.download.backends.base import DownloadError
+import orjson
+
+from runtime.errors import DownloadError
 
 CONFIG_KEYS = (
     "hf_token",
     "hf_endpoint",
     "hf_revision",
+    "ms_token",
+    "ms_endpoint",
+    "ms_revision",
     "access_key",
     "secret_key",
     "session_token",
@@ -41,15 +50,21 @@ CONFIG_KEYS = (
     "verify_md5",
     "account_name",
     "skip_signature",
+    "service_account_key",
 )
 _BOOL_KEYS = ("verify_md5", "skip_signature")
-SECRET_KEYS = ("hf_token", "secret_key", "session_token", "access_key")
+SECRET_KEYS = ("hf_token", "ms_token", "secret_key", "session_token", "access_key", "service_account_key")
 
 _ENV: dict[str, dict[str, tuple[str, ...]]] = {
     "hf": {
         "hf_token": ("HF_TOKEN", "HF_AUTH_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
         "hf_endpoint": ("HF_ENDPOINT",),
         "hf_revision": ("HF_REVISION",),
+    },
+    "ms": {
+        "ms_token": ("MS_TOKEN", "MODELSCOPE_API_TOKEN"),
+        "ms_revision": ("MS_REVISION",),
+        "endpoint": ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"),
     },
     "s3": {
         "access_key": ("AWS_ACCESS_KEY_ID", "ACCESS_KEY"),
@@ -86,6 +101,9 @@ class SourceSettings:
     hf_token: str | None = None
     hf_endpoint: str | None = None
     hf_revision: str | None = None
+    ms_token: str | None = None
+    ms_endpoint: str | None = None
+    ms_revision: str | None = None
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
@@ -95,9 +113,22 @@ class SourceSettings:
     verify_md5: bool = True
     account_name: str | None = None
     skip_signature: bool = False
+    service_account_key: str | None = None  # GCS: a service account's JSON key
 
     def secrets(self) -> list[str]:
         return [value for key in SECRET_KEYS if isinstance(value := getattr(self, key), str) and value]
+
+
+def config_from_request(raw: Any) -> dict[str, Any]:
+    """Kthena's `config`: an object, or a JSON string of one (Kthena itself sends the string); None/"" is empty."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise DownloadError(f"'config' is a string but not JSON: {exc}", reason="bad_request", status=400) from None
+    return validate_config(raw)
 
 
 def validate_config(config: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.service import PreparedDownload, execute
 from runtime.download.transfer import DownloadResult, Progress
+from runtime.errors import DownloadError
 
 log = logging.getLogger("airuntime.download")
 

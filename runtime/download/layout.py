@@ -1,18 +1,23 @@
 """Where things live in a target directory: model files, their partial downloads, and airuntime's metadata.
 
-DIR/config.json                         a finished file (renamed into place only once complete and verified)
-DIR/sub/.model.safetensors.airuntime-partial       bytes of an unfinished download (same directory as the file)
-DIR/sub/.model.safetensors.airuntime-partial.json  which parts of it are done, and for which remote version
+DIR/config.json                                     a finished file (renamed into place once complete and verified)
+DIR/sub/.model.safetensors.airuntime-partial-RUN    bytes of an unfinished download by run RUN (beside the file)
+DIR/sub/.model.safetensors.airuntime-partial-RUN.json  which parts of it are done, for which remote version
 DIR/.airuntime/manifest.json            what was downloaded: size, version tag, checksum, mtime of each file
-DIR/.airuntime/lock                     held while a download writes into DIR
+DIR/.airuntime/lock                     flocked while a download writes into DIR (an optimisation, see lease.py)
+DIR/.airuntime/runs/RUN                 the lease of run RUN: renewed while it runs, removed when it ends
+
+Partial files carry their run's id, so two runs that write one file at once (on a volume where flock silently
+succeeds) never write into the same file; a partial of an earlier run is taken over only once its run is over.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path, PurePosixPath
 
-from runtime.download.backends.base import DownloadError
+from runtime.errors import DownloadError
 
 META_DIR = ".airuntime"
 PARTIAL_SUFFIX = ".airuntime-partial"
@@ -36,9 +41,34 @@ def final_path(root: Path, relative: str) -> Path:
     return root / relative
 
 
-def partial_path(root: Path, relative: str) -> Path:
+def partial_path(root: Path, relative: str, run: str) -> Path:
     target = root / relative
-    return target.with_name("." + target.name + PARTIAL_SUFFIX)
+    return target.with_name(f".{target.name}{PARTIAL_SUFFIX}-{run}")
+
+
+def record_path(partial: Path) -> Path:
+    """The resume record beside a partial file."""
+    return partial.with_name(partial.name + ".json")
+
+
+def partials_of(root: Path, relative: str) -> list[tuple[str, Path]]:
+    """(run id, partial file) of every partial download of `relative` on disk, of any run; "" is the run of a
+    partial named before runs had ids (kept by older releases: resumable too)."""
+    target = root / relative
+    prefix = f".{target.name}{PARTIAL_SUFFIX}"
+    found = []
+    try:
+        with os.scandir(target.parent) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(prefix) or name.endswith(".json"):
+                    continue
+                rest = name[len(prefix) :]
+                if rest == "" or (rest.startswith("-") and rest[1:].isalnum()):
+                    found.append((rest[1:], Path(entry.path)))
+    except OSError:
+        return []
+    return found
 
 
 def meta_dir(root: Path) -> Path:
@@ -47,7 +77,7 @@ def meta_dir(root: Path) -> Path:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a reader sees the old or the new content, never a mix."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # unique across hosts too
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.layout import meta_dir
+from runtime.errors import DownloadError
 
 POLL_SECONDS = 0.2
 

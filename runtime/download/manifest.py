@@ -70,9 +70,6 @@ class Manifest:
             completed_at=completed_at,
         )
 
-    def save(self) -> None:
-        self.write(self.serialize())
-
     def serialize(self) -> bytes:
         """The manifest's bytes as of now (on the event loop); `write` can then run in a thread."""
         document = {

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.download.backends.base import Backend, DownloadError
+from runtime.download.backends.base import Backend
 from runtime.download.credentials import SourceSettings, resolve_settings, validate_config
 from runtime.download.transfer import DownloadResult, FileFilter, Progress, TransferSettings, run_download
-from runtime.download.uri import OBJECT_STORE_SCHEMES, SourceError, SourceSpec, parse_source
+from runtime.download.uri import OBJECT_STORE_SCHEMES, SourceSpec, parse_source
+from runtime.errors import DownloadError
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,7 @@ class PreparedDownload:
 
 def prepare(request: DownloadRequest, env: Mapping[str, str] | None = None) -> PreparedDownload:
     """Validate a request without touching the network: DownloadError (400) for anything malformed."""
-    try:
-        spec = parse_source(request.source, request.revision)
-    except SourceError as exc:
-        raise DownloadError(str(exc), reason="bad_source", status=400) from None
+    spec = parse_source(request.source, request.revision)
     config = validate_config(request.config)
     settings = resolve_settings(spec.scheme, config, os.environ if env is None else env)
     if request.transfer.max_workers < 1 or request.transfer.max_workers > 256:
@@ -56,6 +54,10 @@ def open_backend(prepared: PreparedDownload) -> Backend:
         from runtime.download.backends.huggingface import HuggingFaceBackend
 
         return HuggingFaceBackend(spec, settings)
+    if spec.scheme == "ms":
+        from runtime.download.backends.modelscope import ModelScopeBackend
+
+        return ModelScopeBackend(spec, settings)
     if spec.scheme in OBJECT_STORE_SCHEMES:
         from runtime.download.backends.objects import ObjectStoreBackend
 
@@ -83,11 +85,13 @@ async def execute(prepared: PreparedDownload, progress: Progress | None = None) 
             progress,
         )
     except DownloadError as exc:
-        raise DownloadError(redact(str(exc), secrets), exc.reason, exc.status) from None
+        raise DownloadError(redact(str(exc), secrets), reason=exc.reason, status=exc.status) from None
     except OSError as exc:
-        raise DownloadError(redact(f"{exc.strerror or exc}: {exc.filename or ''}", secrets), "disk", 507) from None
+        raise DownloadError(
+            redact(f"{exc.strerror or exc}: {exc.filename or ''}", secrets), reason="disk", status=507
+        ) from None
     except Exception as exc:
-        raise DownloadError(redact(f"{type(exc).__name__}: {exc}", secrets), "other", 500) from None
+        raise DownloadError(redact(f"{type(exc).__name__}: {exc}", secrets), reason="other", status=500) from None
     finally:
         if backend is not None:
             await backend.close()

@@ -1,7 +1,8 @@
 """The transfer engine: from a backend's file list to complete, verified files in the target directory.
 
-- Large files are split into ranged parts fetched in parallel; small files are fetched concurrently; one semaphore
-  bounds all of it (`max_workers`). Bytes stream to disk through `pwrite` at their offset: memory stays bounded.
+- Large files are split into ranged parts fetched in parallel (unless the source marks a file as not `ranged`);
+  small files are fetched concurrently; one semaphore bounds all of it (`max_workers`). Bytes stream to disk
+  through `pwrite` at their offset: memory stays bounded.
 - A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
   or git blob id when the source gives one) and only then renamed to its final name.
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
@@ -20,6 +21,7 @@ permission denied, read-only file system).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -33,10 +35,12 @@ from pathlib import Path
 
 import orjson
 
-from runtime.download.backends.base import Backend, Chunk, DownloadError, RemoteFile, RetryableError
-from runtime.download.layout import final_path, partial_path, write_atomically
+from runtime.download.backends.base import Backend, Chunk, RemoteFile
+from runtime.download.layout import final_path, partial_path, partials_of, record_path, write_atomically
+from runtime.download.lease import RunLease, same_file
 from runtime.download.lock import DirectoryLock
 from runtime.download.manifest import Manifest
+from runtime.errors import DownloadError, RetryableError
 
 log = logging.getLogger("airuntime.download")
 
@@ -45,6 +49,7 @@ WRITE_CHUNK = 1 * MIB
 IOV_MAX = 1024
 HASH_CHUNK = 8 * MIB
 MANIFEST_SAVE_INTERVAL = 1.0
+CLAIM_POLL = 0.5  # seconds between looks at a file another run is writing
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,15 @@ async def run_download(
                 reason="empty",
                 status=404,
             )
-        transfer = _Transfer(backend, root, settings, progress)
-        await transfer.run(wanted)
+        try:
+            lease = RunLease(root)
+            await lease.__aenter__()
+        except OSError as exc:
+            raise disk_error(exc, root) from None
+        try:
+            await _Transfer(backend, root, settings, progress, lease).run(wanted)
+        finally:
+            await lease.__aexit__(None, None, None)
     finally:
         await lock.__aexit__(None, None, None)
     progress.finished_at = time.time()
@@ -167,8 +179,11 @@ async def run_download(
 
 
 class _Transfer:
-    def __init__(self, backend: Backend, root: Path, settings: TransferSettings, progress: Progress) -> None:
+    def __init__(
+        self, backend: Backend, root: Path, settings: TransferSettings, progress: Progress, lease: RunLease
+    ) -> None:
         self._backend = backend
+        self._lease = lease
         self._root = root
         self._settings = settings
         self._progress = progress
@@ -223,52 +238,116 @@ class _Transfer:
 
     async def _fetch_file(self, remote: RemoteFile) -> None:
         async with self._open_files:
-            for attempt in (1, 2):
-                try:
-                    await self._fetch_once(remote)
+            mismatches = 0
+            while True:
+                done = await self._claim(remote)
+                if done is None:  # another run completed it while we waited
+                    self._progress.files_done += 1
+                    self._progress.files_skipped += 1
+                    self._progress.bytes_done += remote.size
                     return
+                try:
+                    await self._fetch_once(remote, done)
+                    return
+                except _TakenOver:
+                    log.warning("another download took this file over; waiting for it", extra=_fields(remote))
                 except _ChecksumMismatch as mismatch:
-                    if attempt == 2:
+                    mismatches += 1
+                    if mismatches == 2:
                         raise DownloadError(str(mismatch), reason="checksum") from None
-                    log.warning("checksum mismatch; fetching the file again", extra={"fields": {"file": remote.path}})
+                    log.warning("checksum mismatch; fetching the file again", extra=_fields(remote))
 
-    async def _fetch_once(self, remote: RemoteFile) -> None:
+    async def _claim(self, remote: RemoteFile) -> set[int] | None:
+        """The parts of `remote` already in our partial file (taken over from a run that is over), or None when
+        another run, still running when we looked, completed the file while we waited for it."""
+        waited_since: float | None = None
+        while True:
+            done, other_running = await asyncio.to_thread(self._take_over, remote)
+            if not other_running:
+                return done
+            if waited_since is None:
+                waited_since = time.monotonic()
+                log.info("another download is writing this file; waiting for it", extra=_fields(remote))
+            await asyncio.sleep(CLAIM_POLL)
+            if await self._is_complete(remote):
+                return None
+            if time.monotonic() - waited_since > self._settings.lock_timeout:
+                raise DownloadError(f"{remote.path}: another download still writes it", reason="locked", status=409)
+
+    def _take_over(self, remote: RemoteFile) -> tuple[set[int], bool]:
+        """Look at every partial download of `remote` (blocking: run in a thread). Resumable ones of runs that are
+        over: the first is renamed to ours, the others removed. Returns (parts in ours, whether a running run
+        writes this file too)."""
+        ours = partial_path(self._root, remote.path, self._lease.id)
+        adopted: set[int] = set()
+        other_running = False
+        for run, partial in partials_of(self._root, remote.path):
+            if run == self._lease.id:
+                continue
+            record = record_path(partial)
+            done = _resumable_parts(partial, record, remote, self._part_size(remote))
+            if self._lease.owner_running(run):
+                other_running = other_running or bool(done) or not record.exists()
+                continue
+            if done and not adopted and _rename_pair(partial, record, ours, record_path(ours)):
+                adopted = done
+                continue
+            for leftover in (partial, record):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        return adopted, other_running
+
+    def _part_size(self, remote: RemoteFile) -> int:
+        """Ranged parts of the configured size, or the whole file as one part when the source ignores Range for it."""
+        return self._settings.part_size if remote.ranged else max(remote.size, 1)
+
+    async def _fetch_once(self, remote: RemoteFile, done: set[int]) -> None:
         final = final_path(self._root, remote.path)
-        partial = partial_path(self._root, remote.path)
-        state_path = partial.with_name(partial.name + ".json")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        parts = _split(remote.size, self._settings.part_size)
-        done = _resumable_parts(partial, state_path, remote, self._settings.part_size)
+        partial = partial_path(self._root, remote.path, self._lease.id)
+        state_path = record_path(partial)
+        parts = _split(remote.size, self._part_size(remote))
         if done:
             resumed = sum(end - start for index, (start, end) in enumerate(parts) if index in done)
             self._progress.bytes_done += resumed
             log.info("resuming", extra={"fields": {"file": remote.path, "bytes": resumed}})
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise disk_error(exc, partial) from None
+        state = _PartState(state_path, remote, self._part_size(remote), done) if len(parts) > 1 else None
         try:
             os.ftruncate(fd, remote.size)
-            state = _PartState(state_path, remote, self._settings.part_size, done) if len(parts) > 1 else None
-            place = getattr(self._backend, "place_file", None)  # a local source copies inside the kernel
-            if place is not None and not done and await place(remote, fd):
-                parts = []
-                self._progress.add_bytes(remote.size)
-            async with asyncio.TaskGroup() as group:
-                for index, (start, end) in enumerate(parts):
-                    if index not in done:
-                        group.create_task(self._fetch_part(remote, fd, index, start, end, state))
+            await self._fill(remote, fd, parts, done, state)
             await asyncio.to_thread(os.fsync, fd)
+            if not await asyncio.to_thread(same_file, fd, partial):
+                raise _TakenOver()
+        except _TakenOver:
+            os.close(fd)
+            raise
         except Exception as failures:  # a TaskGroup's ExceptionGroup, or a plain error around it
             os.close(fd)
-            fd = -1
             if not (state is not None and state.done):  # nothing a re-run could resume: do not leave it behind
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
             raise _as_download_error(failures, partial) from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        os.close(fd)
+        await self._verify_and_place(remote, partial, state_path, final)
+
+    async def _fill(
+        self, remote: RemoteFile, fd: int, parts: list[tuple[int, int]], done: set[int], state: _PartState | None
+    ) -> None:
+        """Every part not done yet into `fd`: copied inside the kernel from a local source, else fetched."""
+        place = getattr(self._backend, "place_file", None)
+        if place is not None and not done and await place(remote, fd):
+            self._progress.add_bytes(remote.size)
+            return
+        async with asyncio.TaskGroup() as group:
+            for index, (start, end) in enumerate(parts):
+                if index not in done:
+                    group.create_task(self._fetch_part(remote, fd, index, start, end, state))
+
+    async def _verify_and_place(self, remote: RemoteFile, partial: Path, state_path: Path, final: Path) -> None:
         problem = await asyncio.to_thread(_verify, partial, remote)
         if problem is not None:
             partial.unlink(missing_ok=True)
@@ -376,6 +455,28 @@ def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> None:
 
 class _ChecksumMismatch(Exception):
     pass
+
+
+class _TakenOver(Exception):
+    """Our partial file was taken over by another run while we wrote it (see lease.py)."""
+
+
+def _fields(remote: RemoteFile) -> dict[str, dict[str, str]]:
+    return {"fields": {"file": remote.path}}
+
+
+def _rename_pair(partial: Path, record: Path, new_partial: Path, new_record: Path) -> bool:
+    """Take over a partial file and its record by renaming both; False when another run was first."""
+    try:
+        os.rename(partial, new_partial)
+    except OSError:
+        return False
+    try:
+        os.rename(record, new_record)
+    except OSError:
+        os.rename(new_partial, partial)  # the record went with someone else: give the bytes back
+        return False
+    return True
 
 
 def _as_download_error(failures: Exception, path: Path) -> Exception:

@@ -2,8 +2,9 @@
 flow: a ConfigMap mounted as a file is edited, the pod keeps running).
 
 The file is YAML (by extension .yaml/.yml) or JSON: a list of `{name, source}` (or `{name, lora_path}`), optionally
-with `config` (download credentials) and `max_workers`, or an object `{"adapters": [...]}`. Adapters that leave
-the file are unloaded. A file that cannot be read or parsed is reported and the last good set is kept.
+with `config` (download credentials) and `max_workers`, or an object `{"adapters": [...]}`; any other key is an error
+(a typo must not go unnoticed). Adapters that leave the file are unloaded. A file that cannot be read or parsed
+is reported and the last good set is kept.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.lora.manager import LoraError, LoraManager, check_name
+from runtime.errors import LoraError, SidecarError
+from runtime.lora.manager import LoraManager, check_name
 
 log = logging.getLogger("airuntime.lora")
+
+
+ENTRY_KEYS = ("name", "lora_name", "source", "lora_path", "config", "max_workers")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,9 @@ def parse_desired(text: str, suffix: str) -> list[DesiredAdapter]:
     else:
         data = json.loads(text)
     if isinstance(data, dict):
+        unknown = sorted(str(key) for key in data if key != "adapters")
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; expected an 'adapters' list")
         data = data.get("adapters")
     if data is None:
         return []
@@ -47,6 +55,9 @@ def parse_desired(text: str, suffix: str) -> list[DesiredAdapter]:
     for index, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise ValueError(f"entry {index} is not an object")
+        unknown = sorted(str(key) for key in entry if key not in ENTRY_KEYS)
+        if unknown:
+            raise ValueError(f"entry {index}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ENTRY_KEYS)}")
         try:
             name = check_name(entry.get("name", entry.get("lora_name")))
         except LoraError as exc:
@@ -82,7 +93,7 @@ class DesiredFileWatcher:
             for name in self._manager.forget_from_file(set(changed)):
                 try:
                     await self._manager.unload(name)
-                except LoraError as exc:
+                except SidecarError as exc:
                     log.warning(
                         "unloading an adapter dropped from the file failed", extra={"fields": {"error": str(exc)}}
                     )
@@ -99,7 +110,7 @@ class DesiredFileWatcher:
                     config=adapter.config,
                     max_workers=adapter.max_workers,
                 )
-            except LoraError as exc:
+            except SidecarError as exc:
                 self._report(f"{self._path}: adapter {name}: {exc}")
                 continue
             self._manager.load_in_background(name, path, download, from_file=True)

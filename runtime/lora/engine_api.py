@@ -12,16 +12,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import orjson
-
-from runtime.bounded_read import BodyTooLarge, read_bounded
-from runtime.config import public_url
+from runtime.engine.client import EngineClient
+from runtime.errors import EngineError
 
 RUNTIME_LORA_ENGINES = ("vllm", "sglang")
 STATIC_LORA_NOTES = {
@@ -32,14 +27,6 @@ STATIC_LORA_NOTES = {
 }
 
 
-class EngineLoraError(Exception):
-    """The engine refused or could not be reached; `status` is what our API answers, `message` says why."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass(frozen=True)
 class LoadedAdapter:
     name: str
@@ -47,10 +34,9 @@ class LoadedAdapter:
 
 
 class EngineLoraApi:
-    def __init__(self, session: Callable[[], aiohttp.ClientSession], engine_url: str, timeout: float) -> None:
-        self._session = session  # the sidecar's client session, opened when the server starts
-        self._engine_url = engine_url
-        self._timeout = timeout
+    def __init__(self, client: EngineClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout  # loading a large adapter can take minutes
 
     @staticmethod
     def check_supported(engine: str) -> None:
@@ -58,10 +44,11 @@ class EngineLoraApi:
             return
         note = STATIC_LORA_NOTES.get(engine)
         if note is not None:
-            raise EngineLoraError(f"engine {engine} cannot load LoRA adapters at run time: {note}", 501)
-        raise EngineLoraError(
+            raise EngineError(f"engine {engine} cannot load LoRA adapters at run time: {note}", 501, "unsupported")
+        raise EngineError(
             "the engine is not recognised yet (no successful metrics scrape); start with --engine vllm or sglang",
             503,
+            "unknown_engine",
         )
 
     async def load(self, engine: str, name: str, path: str, inplace: bool, auth: str | None) -> None:
@@ -79,12 +66,16 @@ class EngineLoraApi:
         path = "/v1/unload_lora_adapter" if engine == "vllm" else "/unload_lora_adapter"
         await self._post(engine, path, {"lora_name": name}, auth)
 
+    async def models(self, auth: str | None) -> tuple[int, Any]:
+        """`GET /v1/models` as the engine answers it (status, decoded body); EngineError when it does not answer."""
+        return await self._client.call("GET", "/v1/models", None, auth, self._timeout)
+
     async def loaded(self, engine: str, auth: str | None) -> dict[str, LoadedAdapter]:
         """Adapters the engine reports in `GET /v1/models` (cards with a parent)."""
         self.check_supported(engine)
-        status, payload = await self._request("GET", "/v1/models", None, auth)
+        status, payload = await self.models(auth)
         if status != 200 or not isinstance(payload, dict):
-            raise EngineLoraError(f"engine answered HTTP {status} on /v1/models", 502)
+            raise EngineError(f"engine answered HTTP {status} on /v1/models", 502)
         adapters: dict[str, LoadedAdapter] = {}
         for card in payload.get("data", []):
             if isinstance(card, dict) and card.get("parent") and isinstance(card.get("id"), str):
@@ -93,39 +84,14 @@ class EngineLoraApi:
         return adapters
 
     async def _post(self, engine: str, path: str, body: dict[str, Any], auth: str | None) -> None:
-        status, payload = await self._request("POST", path, body, auth)
+        status, payload = await self._client.call("POST", path, body, auth, self._timeout)
         if engine == "sglang" and isinstance(payload, dict) and "success" in payload:
             if payload.get("success") and status == 200:
                 return
-            raise EngineLoraError(f"engine: {payload.get('error_message') or 'failed'}", _client_status(status))
+            raise EngineError(f"engine: {payload.get('error_message') or 'failed'}", _client_status(status))
         if status == 200:
             return
-        raise EngineLoraError(f"engine: {_message(payload, status)}", _client_status(status))
-
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None, auth: str | None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = auth
-        url = self._engine_url + path
-        try:
-            async with asyncio.timeout(self._timeout):
-                async with self._session().request(
-                    method, url, data=orjson.dumps(body) if body is not None else None, headers=headers
-                ) as response:
-                    raw = await read_bounded(response)
-                    status = response.status
-        except TimeoutError:
-            raise EngineLoraError(f"engine did not answer {path} within {self._timeout:g}s", 504) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            where = public_url(self._engine_url)
-            raise EngineLoraError(f"engine unreachable at {where}: {type(exc).__name__}", 502) from None
-        except BodyTooLarge as exc:
-            raise EngineLoraError(f"engine answer to {path} rejected: {exc}", 502) from None
-        try:
-            payload: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            payload = raw.decode("utf-8", "replace")[:500]
-        return status, payload
+        raise EngineError(f"engine: {_message(payload, status)}", _client_status(status))
 
 
 def _message(payload: Any, status: int) -> str:

@@ -25,61 +25,29 @@ into valid 0.0.4 output where that is a line-level change: `# EOF`/`# UNIT` line
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from runtime.metrics.rules import RuleSet, SourceRule
-
-_NAME = rb"[a-zA-Z_:][a-zA-Z0-9_:]*"
-# Label names starting with `__` are reserved (promtool rejects `__name__`, prometheus_client every `__*`); a label
-# value escapes only backslash, quote and newline. No two adjacent parts of a pattern can match the same text, so a
-# failed match costs linear time even on a line of megabytes.
-_LABEL_NAME = rb"(?!__)[a-zA-Z_][a-zA-Z0-9_]*"
-_LABEL_VALUE = rb'[^"\\\n]*(?:\\[\\"n][^"\\\n]*)*'
-_LABEL = _LABEL_NAME + rb'[ \t]*=[ \t]*"' + _LABEL_VALUE + rb'"'
-_LABELS = rb"\{[ \t]*(?:" + _LABEL + rb"(?:[ \t]*,[ \t]*" + _LABEL + rb")*[ \t]*(?:,[ \t]*)?)?\}"
-_VALUE = rb"(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)|(?i:nan))"
-# A sample line. Groups: 1 the name, 2 labels+value+timestamp (the part a unified copy reuses), 3 the labels,
-# 4 the value, 5 a trailing `#...` (an OpenMetrics exemplar, checked apart). A timestamp must fit an int64.
-_SAMPLE_RE = re.compile(
-    rb"(" + _NAME + rb")((" + _LABELS + rb")?[ \t]*(?<=[ \t}])(" + _VALUE + rb")(?:[ \t]+-?[0-9]{1,18})?)[ \t]*(#.*)?"
+from runtime.metrics.textformat import (
+    COMMENT_RE,
+    EXEMPLAR_RE,
+    HELP_TEXT_RE,
+    META_RE,
+    NUMERIC_LABELS,
+    OPENMETRICS_ONLY_KINDS,
+    SAFE_VALUE_RE,
+    SAMPLE_RE,
+    SUMMARY_OR_HISTOGRAM,
+    TEXT_KINDS,
+    converted,
+    counter_base,
+    in_range,
+    is_utf8,
+    label_flags,
+    member_map,
+    without_label,
 )
-_VALUE_RE = re.compile(_VALUE)
-# A value that cannot overflow a float64 (at most 200 integer digits, a two-digit exponent): what a line seen before is
-# checked against; anything else takes the full check.
-_SAFE_VALUE_RE = re.compile(
-    rb"[+-]?(?:[0-9]{1,200}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?|[+-]?(?i:inf(?:inity)?)|(?i:nan)"
-)
-_LABEL_PAIR_RE = re.compile(rb"(" + _LABEL_NAME + rb')[ \t]*=[ \t]*"(' + _LABEL_VALUE + rb')"')
-_BODY_RE = re.compile(rb"(\{.*\})?([ \t]*)(" + _VALUE + rb")(.*)$", re.DOTALL)
-_LE_RE = re.compile(rb'((?:^|[{,])[ \t]*le[ \t]*=[ \t]*")([^"]*)(")')
-_EXEMPLAR_RE = re.compile(rb"#[ \t]*(?:\{.*)?")
-_COMMENT_RE = re.compile(rb"#[ \t]+(HELP|TYPE|UNIT)[ \t]+(" + _NAME + rb")(?:[ \t]+(.*))?")
-_META_RE = re.compile(rb"#[ \t]+(?:HELP|TYPE)(?:[ \t]|$)")  # a HELP/TYPE line, valid or not
-_HELP_TEXT_RE = re.compile(rb"[^\\]*(?:\\[\\n][^\\]*)*")  # HELP escapes only backslash and newline
-
-_OPENMETRICS_ONLY_KINDS = {b"unknown", b"gaugehistogram", b"info", b"stateset"}
-_TEXT_KINDS = {b"counter", b"gauge", b"histogram", b"summary", b"untyped"}
-
-# Label values promtool parses as numbers, by the kind of the family a sample lands in; a sample whose label does not
-# parse is dropped. The bits are the flags a parsed sample carries (see _label_flags).
-_BAD_LE = 1
-_BAD_QUANTILE = 2
-_NUMERIC_LABELS = {b"histogram": _BAD_LE, b"summary": _BAD_QUANTILE}
-
-# For each kind: sample-name suffix (relative to the family name) -> suffix of the unified sample, or None to leave
-# the sample out of unified copies. Counters are keyed on the name without `_total`; see _member_map.
-_HISTOGRAM_SUFFIXES: dict[bytes, bytes | None] = {
-    b"_bucket": b"_bucket",
-    b"_sum": b"_sum",
-    b"_count": b"_count",
-    b"_created": None,
-}
-_SUMMARY_SUFFIXES: dict[bytes, bytes | None] = {b"": b"", b"_sum": b"_sum", b"_count": b"_count", b"_created": None}
-# promtool files `x_sum`/`x_count` under a summary or histogram `x`, and `x_bucket` under a histogram `x`.
-_SUMMARY_OR_HISTOGRAM = (b"summary", b"histogram")
 
 
 @dataclass(slots=True)
@@ -214,16 +182,16 @@ class MetricsRewriter:
     def _lines(self, block: bytes) -> None:
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n").removesuffix(b"\r")
-        utf8 = block.isascii() or _is_utf8(block)
+        utf8 = block.isascii() or is_utf8(block)
         out = self._out
         keep_raw = self._keep_raw
         known = self._cache.samples
         recorded = self._recorded
-        value_ok = _SAFE_VALUE_RE.fullmatch
+        value_ok = SAFE_VALUE_RE.fullmatch
         for line in block.split(b"\n"):
             if not line:
                 continue
-            if not utf8 and not _is_utf8(line):
+            if not utf8 and not is_utf8(line):
                 self.invalid_lines += 1
                 continue
             if line[0] == 0x23:  # '#'
@@ -260,34 +228,22 @@ class MetricsRewriter:
                 if name not in recorded:
                     self._record_sample(name)
                 out.append(line)
-            if out_suffix is None or not family.copies:
-                continue
-            body = line[len(name) :]
-            for copy in family.copies:
-                copy_body = body
-                match_label = copy.rule.match_label
-                if match_label is not None:
-                    selected = _without_label(body, labels, match_label)
-                    if selected is None:
-                        continue
-                    copy_body = selected
-                if copy.rule.divide_by is not None:
-                    copy_body = _converted(copy_body, out_suffix, copy.rule.divide_by)
-                copy.samples.append(copy.target_base + out_suffix + copy_body)
+            if out_suffix is not None and family.copies:
+                _add_to_copies(family.copies, line[len(name) :], labels, out_suffix)
 
     def _parse_sample(self, line: bytes, cut: int) -> tuple[bytes, bytes | None, int, bytes] | None:
         """Validate a sample line not seen before: (name, labels, label flags, the line less any exemplar), or None."""
-        match = _SAMPLE_RE.fullmatch(line)
-        if match is None or not _in_range(match.group(4)):
+        match = SAMPLE_RE.fullmatch(line)
+        if match is None or not in_range(match.group(4)):
             self.invalid_lines += 1
             return None
         name, labels, trailer = match.group(1), match.group(3), match.group(5)
-        flags = _label_flags(labels) if labels is not None else 0
+        flags = label_flags(labels) if labels is not None else 0
         if flags < 0:
             self.invalid_lines += 1
             return None
         if trailer is not None:
-            if _EXEMPLAR_RE.fullmatch(trailer) is None:
+            if EXEMPLAR_RE.fullmatch(trailer) is None:
                 self.invalid_lines += 1
                 return None
             return name, labels, flags, line[: match.end(2)]
@@ -300,13 +256,13 @@ class MetricsRewriter:
         if line in comments:
             parsed = comments[line]
         else:
-            match = _COMMENT_RE.fullmatch(line)
+            match = COMMENT_RE.fullmatch(line)
             parsed = (match.group(1), match.group(2), match.group(3) or b"") if match else None
-            if parsed is not None and parsed[0] == b"HELP" and _HELP_TEXT_RE.fullmatch(parsed[2]) is None:
+            if parsed is not None and parsed[0] == b"HELP" and HELP_TEXT_RE.fullmatch(parsed[2]) is None:
                 parsed = None  # an escape promtool rejects
             comments[line] = parsed
         if parsed is None:
-            if _META_RE.match(line):
+            if META_RE.match(line):
                 self.invalid_lines += 1
             else:
                 self.omitted_lines += 1  # free comments and `# EOF` carry no samples
@@ -320,9 +276,9 @@ class MetricsRewriter:
             self._help = (name, rest, line)
             return
         kind = rest.strip().lower()
-        if kind in _OPENMETRICS_ONLY_KINDS:
+        if kind in OPENMETRICS_ONLY_KINDS:
             kind = b"untyped"
-        elif kind not in _TEXT_KINDS or (kind == b"counter" and name == b"_total"):
+        elif kind not in TEXT_KINDS or (kind == b"counter" and name == b"_total"):
             self.invalid_lines += 1  # a counter named `_total` has an empty family name (prometheus_client rejects it)
             return
         help_line = self._help
@@ -335,8 +291,7 @@ class MetricsRewriter:
             help_line = (name, family.help_text or b"", family.help_line)  # TYPE after HELP and free comments
             self._family = None
         elif help_line is not None and help_line[0] != name:
-            self._help = help_line
-            self._close_help()
+            self._close_help(help_line)
             help_line = None
         self._end_family()
         family = self._family = self._new_family(name, kind)
@@ -345,12 +300,13 @@ class MetricsRewriter:
             family.help_line = help_line[2]
         family.type_line = line if rest == kind else b"# TYPE %s %s" % (name, kind)
 
-    def _close_help(self) -> None:
-        """A HELP line not followed by its TYPE opens an untyped family of its own."""
-        help_line = self._help
+    def _close_help(self, help_line: tuple[bytes, bytes, bytes] | None = None) -> None:
+        """A HELP line (the one given, else the one waiting) not followed by its TYPE opens an untyped family of
+        its own."""
         if help_line is None:
-            return
-        self._help = None
+            help_line, self._help = self._help, None
+            if help_line is None:
+                return
         name, text, raw = help_line
         family = self._family
         if family is not None and family.name == name and not family.has_samples and family.help_line is None:
@@ -366,15 +322,15 @@ class MetricsRewriter:
     def _new_family(self, name: bytes, kind: bytes) -> _Family:
         template = self._cache.families.get((name, kind))
         if template is None:
-            lookup = _counter_base(name) + b"_total" if kind == b"counter" else name
+            lookup = counter_base(name) + b"_total" if kind == b"counter" else name
             rules = self._rules_by_source.get(lookup) or self._rules_by_source.get(name) or []
-            template = self._cache.families[(name, kind)] = (_member_map(name, kind), rules)
+            template = self._cache.families[(name, kind)] = (member_map(name, kind), rules)
         members, rules = template
         family = _Family(name=name, kind=kind, members=members, rules=rules)
         if rules:
             family.copies = [_Copy(rule=rule, target_base=_target_base(rule)) for rule in rules if self._wanted(rule)]
             for copy in family.copies:
-                family.copy_flags |= _NUMERIC_LABELS.get(_copy_kind(family, copy), 0)
+                family.copy_flags |= NUMERIC_LABELS.get(_copy_kind(family, copy), 0)
         return family
 
     def _implicit_family(self, sample_name: bytes) -> _Family:
@@ -477,7 +433,7 @@ class MetricsRewriter:
             found = written.get(name[:-6])
         else:
             return None
-        return found if found is not None and found.kind in _SUMMARY_OR_HISTOGRAM else None
+        return found if found is not None and found.kind in SUMMARY_OR_HISTOGRAM else None
 
     def _record_header(self, name: bytes, kind: bytes | None) -> bool:
         """Record a HELP (kind None) or TYPE line about to be written; False if promtool would reject it."""
@@ -506,7 +462,7 @@ class MetricsRewriter:
     def _numeric_labels(self, name: bytes) -> int:
         """Label flags that rule out a raw sample named `name`: `le` in a histogram, `quantile` in a summary."""
         found = self._resolve(name)
-        return _NUMERIC_LABELS.get(found.kind, 0) if found is not None and found.kind is not None else 0
+        return NUMERIC_LABELS.get(found.kind, 0) if found is not None and found.kind is not None else 0
 
     def _emit_copy(self, target: bytes, held: _HeldCopy) -> None:
         """Write a unified family, unless one of its names is taken by a family the output already holds."""
@@ -519,131 +475,25 @@ class MetricsRewriter:
         self._out.extend(held.lines)
 
 
+def _add_to_copies(copies: list[_Copy], body: bytes, labels: bytes | None, out_suffix: bytes) -> None:
+    """One sample (its labels, value and timestamp: `body`) into every unified copy of its family that takes it."""
+    for copy in copies:
+        copy_body = body
+        match_label = copy.rule.match_label
+        if match_label is not None:
+            selected = without_label(body, labels, match_label)
+            if selected is None:
+                continue
+            copy_body = selected
+        if copy.rule.divide_by is not None:
+            copy_body = converted(copy_body, out_suffix, copy.rule.divide_by)
+        copy.samples.append(copy.target_base + out_suffix + copy_body)
+
+
 def _copy_kind(family: _Family, copy: _Copy) -> bytes:
     return family.kind if family.kind != b"untyped" else copy.rule.kind.encode()
 
 
-def _is_utf8(text: bytes) -> bool:
-    try:
-        text.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _in_range(value: bytes) -> bool:
-    """False for a number too large for a float64 (`1e999`): promtool rejects it, Python would read infinity."""
-    if _SAFE_VALUE_RE.fullmatch(value) is not None:
-        return True
-    try:
-        number = float(value)
-    except ValueError:  # pragma: no cover - the text matched _VALUE
-        return False
-    return not math.isinf(number)
-
-
-def _label_flags(labels: bytes) -> int:
-    """-1 for a label name given twice; else _BAD_LE/_BAD_QUANTILE for an `le`/`quantile` that is not a number."""
-    flags = 0
-    seen: set[bytes] = set()
-    for pair in _LABEL_PAIR_RE.finditer(labels):
-        label = pair.group(1)
-        if label in seen:
-            return -1
-        seen.add(label)
-        if label == b"le" or label == b"quantile":
-            value = pair.group(2)
-            if _VALUE_RE.fullmatch(value) is None or not _in_range(value):
-                flags |= _BAD_LE if label == b"le" else _BAD_QUANTILE
-    return flags
-
-
-def _counter_base(name: bytes) -> bytes:
-    return name[:-6] if name.endswith(b"_total") else name
-
-
 def _target_base(rule: SourceRule) -> bytes:
     target = rule.target.encode()
-    return _counter_base(target) if rule.kind == "counter" else target
-
-
-def _member_map(name: bytes, kind: bytes) -> dict[bytes, bytes | None]:
-    """Sample names that belong to family `name` of `kind`, each with the suffix its unified copy gets."""
-    if kind == b"counter":
-        base = _counter_base(name)
-        return {name: b"_total", base + b"_total": b"_total", base + b"_created": None}
-    if kind == b"histogram":
-        return {name + suffix: out for suffix, out in _HISTOGRAM_SUFFIXES.items()}
-    if kind == b"summary":
-        return {name + suffix: out for suffix, out in _SUMMARY_SUFFIXES.items()}
-    return {name: b""}
-
-
-def _without_label(body: bytes, labels: bytes | None, pair: bytes) -> bytes | None:
-    """`body` (labels, value, timestamp) with label `pair` removed, or None when the sample does not carry it."""
-    if not labels:
-        return None
-    parts = [part.strip(b" \t") for part in _split_labels(labels[1:-1])]
-    if pair not in parts:
-        return None
-    kept = [part for part in parts if part and part != pair]
-    rest = body[len(labels) :]
-    return b"{" + b",".join(kept) + b"}" + rest if kept else rest
-
-
-def _converted(body: bytes, out_suffix: bytes, divide_by: float) -> bytes:
-    """Unit conversion of one sample: `le` of buckets, the value of sums, counters, gauges and quantiles."""
-    parts = _BODY_RE.match(body)
-    if parts is None:  # pragma: no cover - body always matched _SAMPLE_RE
-        return body
-    labels, gap, value, tail = parts.groups()
-    if out_suffix == b"_bucket":
-        if labels is None:
-            return body
-        labels = _LE_RE.sub(lambda m: m.group(1) + _divided(m.group(2), divide_by) + m.group(3), labels)
-        return labels + gap + value + tail
-    if out_suffix == b"_count":
-        return body
-    return (labels or b"") + gap + _divided(value, divide_by) + tail
-
-
-def _divided(text: bytes, divide_by: float) -> bytes:
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    result = number / divide_by
-    if math.isnan(result):
-        return b"NaN"
-    if math.isinf(result):
-        return b"+Inf" if result > 0 else b"-Inf"
-    return repr(result).encode()
-
-
-def _split_labels(inner: bytes) -> list[bytes]:
-    """Split `a="x",b="y,z"` on the commas outside quoted values."""
-    parts: list[bytes] = []
-    start = 0
-    in_quotes = False
-    index = 0
-    while index < len(inner):
-        char = inner[index]
-        if char == 0x5C and in_quotes:  # backslash escapes the next byte
-            index += 2
-            continue
-        if char == 0x22:
-            in_quotes = not in_quotes
-        elif char == 0x2C and not in_quotes:
-            parts.append(inner[start:index])
-            start = index + 1
-        index += 1
-    parts.append(inner[start:])
-    return parts
-
-
-def rewrite_bytes(payload: bytes, rules: RuleSet, keep_raw: bool = True) -> tuple[bytes, MetricsRewriter]:
-    """Rewrite a whole payload; returns the output and the rewriter (for its counts)."""
-    rewriter = MetricsRewriter(rules, keep_raw=keep_raw)
-    rewriter.feed(payload)
-    rewriter.finish()
-    return rewriter.take_bytes(), rewriter
+    return counter_base(target) if rule.kind == "counter" else target

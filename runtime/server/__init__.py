@@ -1,1 +1,2 @@
-"""The HTTP server: application wiring, probes and the /metrics route."""
+"""The HTTP server: the application's wiring (app.py), running it (lifecycle.py), request guards, and one module
+per group of routes: probes, /metrics, downloads, LoRA adapters, the OpenAPI document."""

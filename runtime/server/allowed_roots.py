@@ -12,17 +12,13 @@ import os
 from pathlib import Path
 
 from runtime.download.service import DownloadRequest
-from runtime.download.uri import SourceError, parse_source
-from runtime.server.jsonio import BadRequest
+from runtime.download.uri import parse_source
+from runtime.errors import ApiError, SourceError
 
 
 class AllowedRoots:
     def __init__(self, roots: tuple[str, ...]) -> None:
-        self._roots = tuple(os.path.realpath(root) for root in roots)
-
-    @property
-    def active(self) -> bool:
-        return bool(self._roots)
+        self._roots = roots  # already absolute and symlink-resolved (runtime/config.py normalize_roots)
 
     def allows(self, path: str | Path) -> bool:
         if not self._roots:
@@ -36,7 +32,7 @@ class AllowedRoots:
     def check(self, path: str | Path, what: str) -> None:
         """403 unless PATH resolves inside an allowed root; the message names the field, never other paths."""
         if not self.allows(path):
-            raise BadRequest(f"{what} {str(path)!r} is outside the allowed roots of this sidecar", 403)
+            raise ApiError(f"{what} {str(path)!r} is outside the allowed roots of this sidecar", 403, "forbidden")
 
     def check_download(self, download: DownloadRequest, what: str = "output_dir") -> None:
         self.check(download.local_dir, what)

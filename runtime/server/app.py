@@ -1,27 +1,37 @@
-"""The aiohttp application: routes, shared client session, JSON errors, and the run loop on uvloop."""
+"""The aiohttp application: its parts wired together, each resource paired with its teardown, errors as JSON.
+
+Wiring: one engine client (runtime/engine/), the engine's identity, the scraper and the /metrics publisher, the
+download job registry, the LoRA manager. Every resource that lives as long as the server is opened and closed by
+one `cleanup_ctx` generator (aiohttp's pattern), so what starts together stops together, in reverse order: the
+engine client first opened, last closed. Running the app (bind, uvloop, SIGTERM drain) is runtime/server/lifecycle.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from runtime.config import ServeConfig
+from runtime.download.jobs import JobRegistry
+from runtime.engine.client import EngineClient
+from runtime.engine.identity import EngineIdentity
+from runtime.errors import SidecarError
 from runtime.lora.desired_file import DesiredFileWatcher
 from runtime.lora.engine_api import EngineLoraApi
 from runtime.lora.manager import LoraManager
-from runtime.metrics.identity import EngineIdentity
+from runtime.metrics.answer import MetricsPublisher
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
 from runtime.server import download_routes, lora_routes, openapi_route, probes
 from runtime.server.allowed_roots import AllowedRoots
+from runtime.server.download_routes import DOWNLOADS
 from runtime.server.guards import log_access, refuse_while_draining, token_guard
-from runtime.server.jsonio import BadRequest, error_response
+from runtime.server.jsonio import error_response
 from runtime.server.lora_routes import LORA
 from runtime.server.metrics_route import metrics_handler
 from runtime.server.state import SidecarState
@@ -29,8 +39,6 @@ from runtime.server.state import SidecarState
 log = logging.getLogger("airuntime.server")
 
 LORA_ENGINE_TIMEOUT = 300.0  # loading a large adapter can take minutes
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
@@ -45,13 +53,35 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             limit = SidecarState.of(request).config.max_request_bytes
             return error_response(f"the request body is larger than {limit} bytes (--max-request-bytes)", 413)
         return error_response(exc.reason, exc.status)
-    except BadRequest as exc:
-        return error_response(str(exc), exc.status)
+    except SidecarError as exc:
+        return error_response(exc.message, exc.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response("internal error; see the sidecar's log", 500)
+
+
+ROUTES = [
+    web.get("/metrics", metrics_handler),
+    web.get("/metrics/", metrics_handler),  # AIBrix serves it there
+    web.get("/health", probes.health),
+    web.get("/healthz", probes.health),  # AIBrix
+    web.get("/ready", probes.ready),
+    web.get("/readyz", probes.ready),
+    web.get("/openapi.json", openapi_route.openapi_handler),
+    web.post("/v1/download_model", download_routes.kthena_download),  # Kthena
+    web.post("/v1/model/download", download_routes.aibrix_download),  # AIBrix
+    web.get("/v1/model/list", download_routes.aibrix_list),  # AIBrix
+    web.get("/v1/downloads", download_routes.list_downloads),
+    web.get("/v1/downloads/{job_id}", download_routes.get_download),
+    web.post("/v1/load_lora_adapter", lora_routes.kthena_load),  # Kthena
+    web.post("/v1/unload_lora_adapter", lora_routes.unload),  # Kthena
+    web.post("/v1/lora_adapter/load", lora_routes.aibrix_load),  # AIBrix
+    web.post("/v1/lora_adapter/unload", lora_routes.aibrix_unload),  # AIBrix
+    web.get("/v1/models", lora_routes.engine_models),  # AIBrix: the engine's model list, through the sidecar
+    web.get("/v1/lora_adapters", lora_routes.list_adapters),
+]
 
 
 def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
@@ -60,66 +90,54 @@ def create_app(config: ServeConfig, rules: RuleSet) -> web.Application:
         middlewares.append(token_guard(config.api_token, config.protect_metrics))
     middlewares.append(refuse_while_draining)
     app = web.Application(middlewares=middlewares, client_max_size=config.max_request_bytes)
-    metrics = SidecarMetrics(rules.prefix, config.engine, pod=config.pod, model=config.model)
-    identity = EngineIdentity(
-        config.engine, rules, metrics, config.engine_url, config.engine_api_key, config.scrape_timeout
+    state = app[SidecarState.KEY] = _state(config, rules)
+    jobs = app[DOWNLOADS] = JobRegistry(on_finished=download_routes.count_finished(state.metrics))
+    state.metrics.downloads_active.set_function(jobs.running)
+    lora = app[LORA] = LoraManager(
+        state.identity, EngineLoraApi(state.client, LORA_ENGINE_TIMEOUT), state.metrics, config.adapters_dir
     )
-    state = SidecarState(
-        config=config, rules=rules, metrics=metrics, identity=identity, allowed_roots=AllowedRoots(config.allowed_roots)
-    )
-    app[SidecarState.KEY] = state
 
-    async def open_session(app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=16, keepalive_timeout=30, ttl_dns_cache=60)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
-        state.session = session
-        state.scraper = EngineScraper(
-            session,
-            config.engine_url,
-            config.engine_metrics_path or rules.metrics_path,
-            rules,
-            keep_raw=config.raw_metrics,
-            timeout=config.scrape_timeout,
-            api_key=config.engine_api_key,
-            metrics=metrics,
-            identity=identity,
-            max_bytes=config.max_scrape_bytes,
-        )
+    async def engine_client(app: web.Application) -> AsyncIterator[None]:
+        await state.client.open()
+        yield
+        await state.client.close()
 
-    def session() -> aiohttp.ClientSession:
-        assert state.session is not None, "the client session opens when the server starts"
-        return state.session
+    async def download_jobs(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await jobs.cancel_all()  # running downloads checkpoint their parts: the next run resumes
 
-    lora = LoraManager(
-        identity,
-        EngineLoraApi(session, config.engine_url, LORA_ENGINE_TIMEOUT),
-        metrics,
-        config.adapters_dir,
-        config.engine_api_key,
-    )
-    app[LORA] = lora
-    background: list[asyncio.Task[None]] = []
-
-    async def start_background(app: web.Application) -> None:
-        background.append(asyncio.ensure_future(lora.run_reconciler(config.lora_reconcile_interval)))
+    async def lora_adapters(app: web.Application) -> AsyncIterator[None]:
+        lora.spawn(lora.run_reconciler(config.lora_reconcile_interval))
         if config.lora_adapters_file:
-            watcher = DesiredFileWatcher(config.lora_adapters_file, lora)
-            background.append(asyncio.ensure_future(watcher.run(config.lora_reconcile_interval)))
-
-    async def close_session(app: web.Application) -> None:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+            lora.spawn(DesiredFileWatcher(config.lora_adapters_file, lora).run(config.lora_reconcile_interval))
+        yield
         await lora.stop()
-        if state.session is not None:
-            await state.session.close()
 
-    app.on_startup.append(open_session)
-    app.on_startup.append(start_background)
-    app.on_cleanup.append(close_session)
-    app.router.add_get("/metrics", metrics_handler)
-    probes.add_routes(app.router)
-    download_routes.add_routes(app, state)
-    lora_routes.add_routes(app)
-    openapi_route.add_routes(app.router)
+    app.cleanup_ctx.extend([engine_client, download_jobs, lora_adapters])  # set up in order, torn down in reverse
+    app.router.add_routes(ROUTES)
     return app
+
+
+def _state(config: ServeConfig, rules: RuleSet) -> SidecarState:
+    metrics = SidecarMetrics(rules.prefix, config.engine, pod=config.pod, model=config.model)
+    client = EngineClient(config.engine_url, config.engine_api_key, config.scrape_timeout)
+    identity = EngineIdentity(config.engine, rules.engines, client, metrics.set_engine_info)
+    scraper = EngineScraper(
+        client=client,
+        metrics_path=config.engine_metrics_path or rules.metrics_path,
+        rules=rules,
+        keep_raw=config.raw_metrics,
+        max_bytes=config.max_scrape_bytes,
+        metrics=metrics,
+        identity=identity,
+    )
+    return SidecarState(
+        config=config,
+        rules=rules,
+        metrics=metrics,
+        client=client,
+        identity=identity,
+        scraper=scraper,
+        publisher=MetricsPublisher(scraper, metrics),
+        allowed_roots=AllowedRoots(config.allowed_roots),
+    )

@@ -3,71 +3,39 @@
 
 Kthena's `config` is accepted as an object or as a JSON string (Kthena itself demands the string). A synchronous
 request answers 200 only after every file is complete and verified; an asynchronous one answers 202 with a job id.
+AIBrix's endpoint answers 422 for a malformed field, as AIBrix's FastAPI does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from runtime.download.backends.base import DownloadError
-from runtime.download.credentials import validate_config
+from runtime.download import aibrix
+from runtime.download.credentials import config_from_request
 from runtime.download.jobs import DownloadJob, JobRegistry
-from runtime.download.manifest import MANIFEST_NAME
+from runtime.download.model_list import find_models
 from runtime.download.service import DownloadRequest, prepare
 from runtime.download.transfer import FileFilter, Progress, TransferSettings
-from runtime.download.uri import SourceError, parse_source
-from runtime.server.jsonio import (
-    BadRequest,
-    field_bool,
-    field_int,
-    field_str,
-    field_str_list,
-    json_response,
-    read_json_object,
-)
+from runtime.errors import ApiError, SidecarError
+from runtime.fields import field_bool, field_int, field_str, field_str_list
+from runtime.metrics.self_metrics import SidecarMetrics
+from runtime.server.jsonio import json_response, read_json_object
 from runtime.server.state import SidecarState
 
 DOWNLOADS: web.AppKey[JobRegistry] = web.AppKey("airuntime_downloads")
 
 
-def parse_config(raw: Any, status: int = 400) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {}
-    if isinstance(raw, str):
-        try:
-            raw = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"'config' is a string but not JSON: {exc}", status) from None
-    if not isinstance(raw, dict):
-        raise BadRequest("'config' must be an object or a JSON string of one", status)
-    try:
-        return validate_config(raw)  # now, even where only some requests use it (a LoRA load from a path)
-    except DownloadError as exc:
-        raise BadRequest(str(exc), status) from None
-
-
-def _progress_for(state: SidecarState, scheme: str) -> Progress:
-    counter = state.metrics.download_bytes.labels(scheme)
-    return Progress(on_bytes=counter.inc)
-
-
 def _start(request: web.Request, download: DownloadRequest) -> tuple[DownloadJob, bool]:
     state = SidecarState.of(request)
     state.allowed_roots.check_download(download)
-    try:
-        prepared = prepare(download)
-    except DownloadError as exc:
-        raise BadRequest(str(exc), exc.status) from None
-    try:
-        return request.app[DOWNLOADS].start(prepared, _progress_for(state, prepared.spec.scheme))
-    except DownloadError as exc:
-        raise BadRequest(str(exc), exc.status) from None
+    prepared = prepare(download)
+    progress = Progress(on_bytes=state.metrics.download_bytes.labels(prepared.spec.scheme).inc)
+    return request.app[DOWNLOADS].start(prepared, progress)
 
 
 def _resolve_dir(request: web.Request, raw: str) -> Path:
@@ -79,14 +47,11 @@ def _resolve_dir(request: web.Request, raw: str) -> Path:
 
 async def kthena_download(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    source = field_str(body, "source")
-    output_dir = field_str(body, "output_dir")
-    assert source is not None and output_dir is not None
     download = DownloadRequest(
-        source=source,
-        local_dir=_resolve_dir(request, output_dir),
+        source=field_str(body, "source"),
+        local_dir=_resolve_dir(request, field_str(body, "output_dir")),
         revision=field_str(body, "revision", required=False),
-        config=parse_config(body.get("config")),
+        config=config_from_request(body.get("config")),
         file_filter=FileFilter(
             allow_suffixes=field_str_list(body, "allow_file_suffix"),
             allow_patterns=field_str_list(body, "allow_patterns"),
@@ -114,101 +79,54 @@ async def kthena_download(request: web.Request) -> web.Response:
     )
 
 
-AIBRIX_CONFIG_KEYS = {
-    "ak": "access_key",
-    "sk": "secret_key",
-    "endpoint": "endpoint",
-    "region": "region",
-    "hf_endpoint": "hf_endpoint",
-    "hf_token": "hf_token",
-    "hf_revision": "hf_revision",
-}
-AIBRIX_TUNING_KEYS = ("num_threads", "max_io_queue", "io_chunksize", "part_threshold", "part_chunksize")
-
-
-def aibrix_extra_config(raw: Any) -> tuple[dict[str, Any], FileFilter, TransferSettings]:
-    """AIBrix's download_extra_config as our config, file filter and transfer settings (AIBrix's env fallbacks too)."""
-    extra = {} if raw is None else raw  # false, 0, [] and "" are not objects
-    if not isinstance(extra, dict):
-        raise BadRequest("'download_extra_config' must be an object", 422)
-    unknown = set(extra) - set(AIBRIX_CONFIG_KEYS) - set(AIBRIX_TUNING_KEYS) - {"allow_file_suffix", "force_download"}
-    if unknown:
-        raise BadRequest(f"unknown download_extra_config key(s): {', '.join(sorted(unknown))}", 422)
-    config = {ours: extra[theirs] for theirs, ours in AIBRIX_CONFIG_KEYS.items() if extra.get(theirs) is not None}
-    suffixes = field_str_list(extra, "allow_file_suffix", 422) or env_suffixes()
-    workers = field_int(extra, "num_threads", env_int("DOWNLOADER_NUM_THREADS", 16), 1, 256, 422)
-    part_size = field_int(extra, "part_chunksize", 32 * 1024 * 1024, 1024 * 1024, 1 << 34, 422)
-    force = field_bool(extra, "force_download", env_flag("DOWNLOADER_FORCE_DOWNLOAD"), 422)
-    return (
-        config,
-        FileFilter(allow_suffixes=suffixes),
-        TransferSettings(max_workers=workers, part_size=part_size, force=force),
-    )
-
-
-def env_suffixes() -> tuple[str, ...]:
-    raw = os.environ.get("DOWNLOADER_ALLOW_FILE_SUFFIX", "")
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.strip().isdigit() and int(raw) > 0 else default
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def aibrix_model_name(model_uri: str, model_name: str | None) -> str:
-    if model_name:
-        return model_name
-    spec = parse_source(model_uri)
-    if spec.scheme == "hf":
-        return spec.location
-    tail = (spec.prefix or spec.location).rstrip("/").rsplit("/", 1)[-1]
-    return tail.removesuffix(".git") or spec.location
-
-
 async def aibrix_download(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
-    model_uri = field_str(body, "model_uri", status=422)
-    assert model_uri is not None
+    body = await read_json_object(request)  # a body that is not one JSON object is a 400 everywhere
     try:
-        model_name = aibrix_model_name(model_uri, field_str(body, "model_name", required=False, status=422))
-    except SourceError as exc:
-        raise BadRequest(str(exc), 422) from None
+        return _aibrix_download(request, body)
+    except SidecarError as exc:
+        raise exc.with_status(422) if exc.status == 400 else exc from None
+
+
+def _aibrix_download(request: web.Request, body: dict[str, Any]) -> web.Response:
+    state = SidecarState.of(request)
+    model_uri = field_str(body, "model_uri")
+    model_name = aibrix.model_name(model_uri, field_str(body, "model_name", required=False))
     if ".." in Path(model_name).parts or Path(model_name).is_absolute():
-        raise BadRequest(f"model_name {model_name!r} must be a relative name", 422)
-    local_dir = field_str(body, "local_dir", required=False, status=422) or SidecarState.of(request).config.models_dir
-    config, file_filter, transfer = aibrix_extra_config(body.get("download_extra_config"))
+        raise ApiError(f"model_name {model_name!r} must be a relative name")
+    local_dir = field_str(body, "local_dir", required=False) or state.config.models_dir
+    options = aibrix.from_extra_config(body.get("download_extra_config"), state.config.downloader)
     root = _resolve_dir(request, local_dir) / model_name
     download = DownloadRequest(
-        source=model_uri, local_dir=root, config=config, file_filter=file_filter, transfer=transfer
+        source=model_uri,
+        local_dir=root,
+        config=options.config,
+        file_filter=options.file_filter,
+        transfer=options.transfer,
     )
-    try:
-        job, _ = _start(request, download)
-    except BadRequest as exc:
-        raise BadRequest(str(exc), 422 if exc.status == 400 else exc.status) from None
+    job, _ = _start(request, download)
+    status = "downloading" if job.state == "running" else "downloaded" if job.state == "completed" else "no_operation"
     return json_response(
         {
             "model_name": model_name,
             "model_root_path": str(root),
             "source": job.prepared.spec.scheme,
-            "model_status": "downloading" if job.state == "running" else _aibrix_status(job),
+            "model_status": status,
             "job_id": job.id,
         }
     )
 
 
-def _aibrix_status(job: DownloadJob) -> str:
-    return "downloaded" if job.state == "completed" else "no_operation"
-
-
 async def aibrix_list(request: web.Request) -> web.Response:
+    """AIBrix sends `{"local_dir": ...}` as a JSON body on this GET; `?local_dir=` works too."""
     local_dir = request.query.get("local_dir", "")
+    if request.body_exists:
+        body = await read_json_object(request)
+        unknown = sorted(set(body) - {"local_dir"})
+        if unknown:
+            raise ApiError(f"unknown field(s) {', '.join(unknown)}; allowed: local_dir", 422)
+        local_dir = field_str(body, "local_dir", status=422)
     if "\x00" in local_dir:
-        raise BadRequest("query parameter 'local_dir' holds a NUL character")
+        raise ApiError("query parameter 'local_dir' holds a NUL character")
     root = _resolve_dir(request, local_dir)  # relative to --models-dir, as for downloads
     SidecarState.of(request).allowed_roots.check(root, "local_dir")
     running = {job.output_dir: job for job in request.app[DOWNLOADS].all() if job.state == "running"}
@@ -221,42 +139,6 @@ async def aibrix_list(request: web.Request) -> web.Response:
         if output_dir not in listed and Path(output_dir).is_relative_to(root):
             cards.append(_card(root, Path(output_dir), job.prepared.describe(), "downloading"))
     return json_response({"object": "list", "data": cards})
-
-
-LIST_MAX_DEPTH = 4  # ROOT/org/name/.airuntime/manifest.json is depth 3
-LIST_MAX_DIRS = 10_000  # a listing of `/` must not walk the whole filesystem
-
-
-def find_models(root: Path) -> list[tuple[Path, str]]:
-    """(model root, source) for every downloaded model under ROOT: a bounded walk that never follows symlinks,
-    run off the event loop."""
-    found: list[tuple[Path, str]] = []
-    pending = [(root, 0)]
-    visited = 0
-    while pending and visited < LIST_MAX_DIRS:
-        directory, depth = pending.pop()
-        visited += 1
-        manifest = directory / ".airuntime" / MANIFEST_NAME
-        if manifest.is_file():
-            try:
-                source = str(orjson.loads(manifest.read_bytes()).get("source", ""))
-            except (OSError, orjson.JSONDecodeError, AttributeError):
-                source = ""
-            found.append((directory, source))
-            continue
-        if depth >= LIST_MAX_DEPTH:
-            continue
-        try:
-            with os.scandir(directory) as entries:
-                children = [
-                    Path(entry.path)
-                    for entry in entries
-                    if entry.is_dir(follow_symlinks=False) and entry.name != ".airuntime"
-                ]
-        except OSError:
-            continue
-        pending.extend((child, depth + 1) for child in children)
-    return sorted(found)
 
 
 def _card(root: Path, model_root: Path, source: str, status: str) -> dict[str, str]:
@@ -275,28 +157,18 @@ async def list_downloads(request: web.Request) -> web.Response:
 async def get_download(request: web.Request) -> web.Response:
     job = request.app[DOWNLOADS].get(request.match_info["job_id"])
     if job is None:
-        raise BadRequest(f"no download job {request.match_info['job_id']!r}", 404)
+        raise ApiError(f"no download job {request.match_info['job_id']!r}", 404, "not_found")
     return json_response(job.snapshot())
 
 
-def add_routes(app: web.Application, state: SidecarState) -> None:
+def count_finished(metrics: SidecarMetrics) -> Callable[[DownloadJob], None]:
+    """What a finished job adds to the sidecar's metrics: files downloaded, or a failure by reason."""
+
     def finished(job: DownloadJob) -> None:
         scheme = job.prepared.spec.scheme
         if job.state == "completed" and job.result is not None:
-            state.metrics.download_files.labels(scheme).inc(job.result.downloaded)
+            metrics.download_files.labels(scheme).inc(job.result.downloaded)
         elif job.reason:
-            state.metrics.download_failures.labels(scheme, job.reason).inc()
+            metrics.download_failures.labels(scheme, job.reason).inc()
 
-    registry = JobRegistry(on_finished=finished)
-    app[DOWNLOADS] = registry
-    state.metrics.downloads_active.set_function(registry.running)
-
-    async def stop_jobs(app: web.Application) -> None:
-        await registry.cancel_all()
-
-    app.on_shutdown.append(stop_jobs)
-    app.router.add_post("/v1/download_model", kthena_download)
-    app.router.add_post("/v1/model/download", aibrix_download)
-    app.router.add_get("/v1/model/list", aibrix_list)
-    app.router.add_get("/v1/downloads", list_downloads)
-    app.router.add_get("/v1/downloads/{job_id}", get_download)
+    return finished

@@ -12,15 +12,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from runtime.server.jsonio import error_response
 from runtime.server.state import SidecarState
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBE_PATHS = frozenset({"/health", "/healthz", "/ready", "/readyz"})
 QUIET_PATHS = PROBE_PATHS | {"/metrics"}

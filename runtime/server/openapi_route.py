@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -23,14 +22,5 @@ def spec_bytes() -> bytes:
     return orjson.dumps(orjson.loads(raw))
 
 
-def load_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = orjson.loads(spec_bytes())
-    return spec
-
-
 async def openapi_handler(request: web.Request) -> web.Response:
     return web.Response(body=spec_bytes(), content_type="application/json")
-
-
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/openapi.json", openapi_handler)

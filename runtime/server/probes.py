@@ -9,7 +9,6 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from runtime.metrics.scraper import probe_health
 from runtime.server.state import SidecarState
 
 _HEALTHY = orjson.dumps({"status": "ok"})
@@ -27,22 +26,13 @@ async def ready(request: web.Request) -> web.Response:
             status=503,
             content_type="application/json",
         )
-    assert state.session is not None
-    url = state.health_url
-    ok, reason = await probe_health(state.session, url, state.config.scrape_timeout, state.config.engine_api_key)
+    ok, reason = await state.client.probe(state.health_path)
     body: dict[str, object] = {
         "status": "ready" if ok else "not ready",
         "engine": state.identity.engine,
         "engine_version": state.identity.version,
         "reason": reason,
     }
-    failure = state.scraper.last_failure if state.scraper is not None else None
+    failure = state.scraper.last_failure
     body["metrics"] = "ok" if failure is None else f"failing ({failure.reason}): {failure.detail}"
     return web.Response(body=orjson.dumps(body), status=200 if ok else 503, content_type="application/json")
-
-
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/health", health)
-    router.add_get("/healthz", health)
-    router.add_get("/ready", ready)
-    router.add_get("/readyz", ready)

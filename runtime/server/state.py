@@ -1,15 +1,17 @@
-"""What the request handlers share: configuration, rules, metrics, the engine client session and scraper."""
+"""What the request handlers share: configuration, rules, metrics, the engine client, identity and the /metrics
+publisher, plus the draining flag set on SIGTERM."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-import aiohttp
 from aiohttp import web
 
 from runtime.config import ServeConfig
-from runtime.metrics.identity import EngineIdentity
+from runtime.engine.client import EngineClient
+from runtime.engine.identity import EngineIdentity
+from runtime.metrics.answer import MetricsPublisher
 from runtime.metrics.rules import RuleSet
 from runtime.metrics.scraper import EngineScraper
 from runtime.metrics.self_metrics import SidecarMetrics
@@ -23,16 +25,16 @@ class SidecarState:
     config: ServeConfig
     rules: RuleSet
     metrics: SidecarMetrics
+    client: EngineClient
     identity: EngineIdentity
-    allowed_roots: AllowedRoots = field(default_factory=lambda: AllowedRoots(()))
-    session: aiohttp.ClientSession | None = None
+    scraper: EngineScraper
+    publisher: MetricsPublisher
+    allowed_roots: AllowedRoots
     draining: bool = False  # set on SIGTERM: /ready answers 503 and no new work starts
-    scraper: EngineScraper | None = None
 
     @property
-    def health_url(self) -> str:
-        path = self.config.engine_health_path or self.identity.health_path
-        return self.config.engine_url + path
+    def health_path(self) -> str:
+        return self.config.engine_health_path or self.identity.health_path
 
     @classmethod
     def of(cls, request: web.Request) -> SidecarState:

@@ -6,7 +6,7 @@ no 5xx, a status code the spec documents, the documented content type and a body
 and no Python traceback in the body.
 
 Nothing touches the network or the filesystem outside a temp dir: before each call the test confines the fields that
-name paths or sources (`output_dir`, `local_dir`, `lora_path`, `source`, `model_uri`, `?local_dir=`) to the temp dir
+name paths or sources (`output_dir`, `local_dir`, `lora_path`, `source`, `model_uri`, `artifact_url`, `?local_dir=`) to the temp dir
 (a remote source becomes a local one there), points endpoint settings at a closed local port, and the sidecar runs
 with that temp dir as its only allowed root. Bounded: a fixed seed, a few dozen examples per operation, per-request
 timeouts; well under a minute on 2 shared cores.
@@ -38,8 +38,8 @@ from runtime.download.uri import SourceError, parse_source
 from runtime.metrics.rules import build_ruleset
 from runtime.server.app import create_app
 from runtime.server.download_routes import DOWNLOADS
-from runtime.server.openapi_route import load_spec
 from tests.support.lora_engines import VllmLoraEngine, make_adapter
+from tests.support.rewrite import load_spec
 from tests.unit.test_server import make_config
 
 pytestmark = pytest.mark.e2e
@@ -170,13 +170,15 @@ def confine(case: schemathesis.Case[Any], root: Path) -> None:
     """Keep the generated request's shape but make it safe to run: see the module docstring."""
     body = case.body
     if isinstance(body, dict):
-        for key in ("output_dir", "local_dir", "lora_path"):
+        for key in ("output_dir", "local_dir"):
             if isinstance(path := body.get(key), str):
                 body[key] = confine_path(root, path)
-        for key in ("source", "model_uri"):
+        if isinstance(path := body.get("lora_path"), str):  # AIBrix's lora_path may also be a source (a repo id)
+            body["lora_path"] = confine_path(root, path) if path.startswith("/") else confine_source(root, path)
+        for key in ("source", "model_uri", "artifact_url"):
             if isinstance(source := body.get(key), str):
                 body[key] = confine_source(root, source)
-        for key in ("config", "download_extra_config"):
+        for key in ("config", "download_extra_config", "credentials", "additional_config"):
             if key in body:
                 body[key] = confine_config(body[key])
     query = case.query

@@ -47,6 +47,11 @@ CLI_TIMEOUT = 90.0
 DNS_DEADLINE = 30.0
 
 
+def partials(directory: Path, name: str) -> list[Path]:
+    """The partial files of `name` in `directory`, of any run (their names carry the run's id)."""
+    return sorted(p for p in directory.glob(f".{name}.airuntime-partial*") if not p.name.endswith(".json"))
+
+
 def blob(size: int, seed: int) -> bytes:
     return hashlib.shake_256(b"faults-%d" % seed).digest(size)
 
@@ -250,8 +255,8 @@ def test_a_5xx_burst_longer_than_the_budget_fails_in_one_line_then_a_rerun_fetch
     assert str(status) in line and BIG in line and "gave up after 7 attempts" in line, line
     assert failing.applied == 7  # the default budget: 1 + 6 retries
     assert BIG not in final_files(tmp_path)  # never an incomplete file under its final name
-    assert (tmp_path / f".{BIG}.airuntime-partial").exists()
-    record = json.loads((tmp_path / f".{BIG}.airuntime-partial.json").read_text())
+    (partial,) = partials(tmp_path, BIG)
+    record = json.loads(partial.with_name(partial.name + ".json").read_text())
     assert 2 not in record["done"] and len(record["done"]) >= 1
 
     source.proxy.clear_faults()
@@ -379,7 +384,8 @@ def test_a_full_disk_fails_clearly_keeps_what_is_resumable_and_resumes_once_ther
     assert BIG not in final_files(target)
     # Decided behaviour: the parts that were written stay, with their resume record, so that a re-run after
     # freeing space (or growing the volume) fetches only the rest; a partial file with no complete part is deleted.
-    record = json.loads((target / f".{BIG}.airuntime-partial.json").read_text())
+    (partial,) = partials(target, BIG)
+    record = json.loads(partial.with_name(partial.name + ".json").read_text())
     assert 1 <= len(record["done"]) < 7
     assert not [p for p in target.rglob("*.tmp")]  # no stray temporary files from failed metadata writes
 
@@ -399,7 +405,7 @@ def test_a_full_disk_then_a_download_into_a_bigger_directory_succeeds(
         source = s3_source(s3_peer, proxy)
         assert "no space left on device" in error_line(source.cli(small_tmpfs / "model"))
         assert BIG not in final_files(small_tmpfs / "model")
-        assert not (small_tmpfs / "model" / f".{BIG}.airuntime-partial").exists()  # one part, nothing resumable
+        assert not partials(small_tmpfs / "model", BIG)  # one part, nothing resumable
         assert_ok(source.cli(tmp_path / "model"))
     assert_model(tmp_path / "model")
 

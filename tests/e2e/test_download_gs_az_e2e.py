@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.service import DownloadRequest, execute, prepare
 from runtime.download.transfer import DownloadResult, TransferSettings
+from runtime.errors import DownloadError
 from tests.peers.azurite import AzuriteNotInstalledError, AzuritePeer, running_azurite
 from tests.peers.fake_gcs import FakeGcsNotInstalledError, FakeGcsPeer, running_fake_gcs
 from tests.unit.test_cli import run_cli

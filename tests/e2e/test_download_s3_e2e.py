@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.service import DownloadRequest, execute, prepare
 from runtime.download.transfer import DownloadResult, TransferSettings
+from runtime.errors import DownloadError
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.seaweedfs import S3Peer, SeaweedNotInstalledError, running_seaweedfs
 from tests.unit.test_cli import run_cli
@@ -71,6 +71,26 @@ def test_provider_schemes_download_a_prefix(s3: S3Peer, tmp_path: Path, scheme: 
     result = download(f"{scheme}://models/llama/tiny", tmp_path, config(s3), max_workers=4, part_size=4 * MIB)
     assert_model(tmp_path)
     assert result.downloaded == 4 and result.bytes_fetched == sum(map(len, MODEL.values()))
+
+
+@pytest.mark.parametrize("scheme", ["s3", "tos", "obs"])
+def test_a_custom_endpoint_is_addressed_path_style_as_boto3_does(s3: S3Peer, tmp_path: Path, scheme: str) -> None:
+    """Kthena's OBS example sends "endpoint": "https://obs.test.com": on-premises and private S3-compatible stores
+    (here SeaweedFS on 127.0.0.1) get path-style requests unless the user asks otherwise."""
+    cfg = config(s3)
+    del cfg["addressing_style"]
+    download(f"{scheme}://models/llama/tiny", tmp_path / "ok", cfg, max_workers=4, part_size=4 * MIB)
+    assert_model(tmp_path / "ok")
+    with pytest.raises(DownloadError) as failure:  # virtual-hosted asked for: BUCKET.127.0.0.1 cannot work
+        download(f"{scheme}://models/llama/tiny", tmp_path / "virtual", config(s3, addressing_style="virtual"))
+    message = str(failure.value)
+    assert f"endpoint {s3.endpoint}, virtual-hosted-style requests" in message, message
+    with pytest.raises(DownloadError, match="not found") as failure:
+        download(f"{scheme}://models/no/such/prefix", tmp_path / "empty", cfg)
+    assert f"endpoint {s3.endpoint}, path-style requests" in str(failure.value)
+    with pytest.raises(DownloadError, match="the bucket lists no object") as failure:  # was "0 file(s) but none matches"
+        download(f"{scheme}://empty-bucket", tmp_path / "bucket", cfg)
+    assert f"endpoint {s3.endpoint}, path-style requests" in str(failure.value) and failure.value.status == 404
 
 
 def test_single_part_etag_is_checked_as_md5_and_a_rerun_fetches_nothing(s3: S3Peer, tmp_path: Path) -> None:

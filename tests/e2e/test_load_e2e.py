@@ -46,7 +46,9 @@ def run_load(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str
 
 def test_load_no_errors_bounded_memory(tmp_path: Path) -> None:
     done, report = run_load(tmp_path)
-    assert done.returncode == 0, f"exit {done.returncode}: {report.get('problems')}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}: {report.get('problems')}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     assert report["passed"] is True and report["problems"] == []
     assert report["meta"]["airuntime_bin"] == os.environ.get("AIRUNTIME_BIN")
 

@@ -1,6 +1,7 @@
 """LoRA adapters through the sidecar into a real vLLM (CPU build, tiny model, runtime LoRA updating on): from a local
-path (AIBrix API), from S3 (SeaweedFS) and from the HuggingFace Hub emulator (Kthena API), completions through each,
-unload, and the sidecar loading its adapters again by itself after vLLM is killed and restarted."""
+path (AIBrix API), from S3 (SeaweedFS), the ModelScope emulator and the HuggingFace Hub emulator (Kthena API),
+completions through each, unload, and the sidecar loading its adapters again by itself after vLLM is killed and
+restarted."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 
 from tests.peers import vllm_cpu
 from tests.peers.hub_emulator import HubEmulator
+from tests.peers.modelscope_emulator import ModelScopeEmulator
 from tests.peers.seaweedfs import S3Peer, running_seaweedfs
-from tests.support.sidecar import running_sidecar
+from tests.support.sidecar import program_command, running_sidecar, sidecar_process
 
 pytestmark = pytest.mark.e2e
 
@@ -73,8 +75,9 @@ def test_adapters_from_every_source_and_reload_after_engine_restart(
     }
     args = ["--engine", "vllm", "--engine-url", vllm_peer.base_url, "--adapters-dir", str(tmp_path / "adapters")]
     args += ["--lora-reconcile-interval", "1"]
-    with HubEmulator() as hub, running_sidecar(args) as sidecar:
+    with HubEmulator() as hub, ModelScopeEmulator() as ms, running_sidecar(args) as sidecar:
         hub.add_repo("org/lora-hf", {f.name: f.read_bytes() for f in lora_a.iterdir()})
+        ms.add_repo("org/lora-ms", {f.name: f.read_bytes() for f in lora_b.iterdir()}, token="ms-lora-token-e2e")
 
         status, body = call(
             "POST", f"{sidecar}/v1/lora_adapter/load", {"lora_name": "local-a", "lora_path": str(lora_a)}
@@ -94,8 +97,18 @@ def test_adapters_from_every_source_and_reload_after_engine_restart(
         assert status == 200 and "already loaded" in body["message"]
         status, body = call("POST", f"{sidecar}/v1/unload_lora_adapter", {"lora_name": "s3-b"})
         assert status == 200, body
+        status, body = call("POST", f"{sidecar}/v1/unload_lora_adapter", {"lora_name": "s3-b"})
+        assert status == 404, body  # Kthena's unload: vLLM's own 404 passes through
         status, body = call("POST", f"{sidecar}/v1/lora_adapter/unload", {"lora_name": "s3-b"})
-        assert status == 404, body  # vLLM's own 404 passes through
+        assert status == 200 and "was not loaded" in body["message"], body  # AIBrix's unload: already gone is done
+        ms_config = {"ms_endpoint": ms.endpoint, "ms_token": "ms-lora-token-e2e"}
+        request = {"lora_name": "ms-b", "source": "ms://org/lora-ms", "config": json.dumps(ms_config)}
+        status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
+        assert status == 200, body
+        assert set(engine_adapters(vllm_peer)) == {"local-a", "ms-b"}
+        assert vllm_cpu.complete(vllm_peer.base_url, "ms-b", "from ModelScope")["model"] == "ms-b"
+        status, body = call("POST", f"{sidecar}/v1/unload_lora_adapter", {"lora_name": "ms-b"})
+        assert status == 200, body
         request = {"lora_name": "hf-a", "source": "org/lora-hf", "config": {"hf_endpoint": hub.endpoint}}
         status, body = call("POST", f"{sidecar}/v1/load_lora_adapter", request)
         assert status == 200, body
@@ -114,5 +127,65 @@ def test_adapters_from_every_source_and_reload_after_engine_restart(
             metrics = response.read().decode()
         assert 'airuntime:lora_operations_total{operation="reload",result="ok"} 2.0' in metrics
         assert 'airuntime:lora_adapters{state="loaded"} 2.0' in metrics
+    for name in list(engine_adapters(vllm_peer)):
+        call("POST", f"{vllm_peer.base_url}/v1/unload_lora_adapter", {"lora_name": name})
+
+
+def test_aibrix_controller_and_sample_forms_against_vllm(
+    vllm_peer: vllm_cpu.VllmPeer, s3: S3Peer, tmp_path: Path
+) -> None:
+    """What AIBrix users run, unchanged: `aibrix_runtime --port P` with INFERENCE_ENGINE*, its controller's calls in
+    sidecar mode (GET /v1/models, a delegated load from an artifact URL with credentials, unload with cleanup), its
+    docs' `lora_path` as a Hugging Face repo id, and its metric names at /metrics/."""
+    lora_a, lora_b = vllm_peer.adapter_dirs["lora-a"], vllm_peer.adapter_dirs["lora-b"]
+    for file in lora_b.iterdir():
+        s3.put_file("adapters", f"aibrix-b/{file.name}", file)
+    for name in list(engine_adapters(vllm_peer)):
+        call("POST", f"{vllm_peer.base_url}/v1/unload_lora_adapter", {"lora_name": name})
+    adapters = tmp_path / "aibrix-adapters"
+    with HubEmulator() as hub:
+        hub.add_repo("bharati2324/tiny-code-lora", {f.name: f.read_bytes() for f in lora_a.iterdir()})
+        env = {
+            "INFERENCE_ENGINE": "vllm",
+            "INFERENCE_ENGINE_ENDPOINT": vllm_peer.base_url,
+            "HF_ENDPOINT": hub.endpoint,
+            "AIRUNTIME_ADAPTERS_DIR": str(adapters),  # AIBrix's default is /tmp/aibrix/adapters: kept inside the test
+        }
+        with sidecar_process([], env, command=program_command("aibrix_runtime", tmp_path)) as sidecar:
+            url = sidecar.url
+            status, models = call("GET", f"{url}/v1/models")
+            assert status == 200 and [card["id"] for card in models["data"]] == ["tiny"]
+
+            status, body = call(
+                "POST",
+                f"{url}/v1/lora_adapter/load",
+                {"lora_name": "code-lora", "lora_path": "bharati2324/tiny-code-lora"},
+            )
+            assert status == 200, body
+            assert body["local_path"] == str(adapters / "code-lora")
+            credentials = {
+                "aws_access_key_id": s3.access_key,
+                "aws_secret_access_key": s3.secret_key,
+                "endpoint": s3.endpoint,
+            }
+            delegated = {"lora_name": "s3-d", "artifact_url": "s3://adapters/aibrix-b", "credentials": credentials}
+            status, body = call("POST", f"{url}/v1/lora_adapter/load", delegated)
+            assert status == 200, body
+            assert set(engine_adapters(vllm_peer)) == {"code-lora", "s3-d"}
+            for name in ("code-lora", "s3-d"):
+                assert vllm_cpu.complete(vllm_peer.base_url, name, "aibrix forms")["model"] == name
+
+            status, body = call("POST", f"{url}/v1/lora_adapter/load", {"lora_name": "x", "lora_pth": "/nope"})
+            assert status == 422 and "lora_pth" in body["error"]
+            status, body = call("POST", f"{url}/v1/lora_adapter/unload", {"lora_name": "s3-d"})
+            assert status == 200, body
+            assert not (adapters / "s3-d").exists()  # cleanup_local, AIBrix's default
+            status, body = call("POST", f"{url}/v1/lora_adapter/unload", {"lora_name": "s3-d"})
+            assert status == 200 and "was not loaded" in body["message"]
+
+            with urllib.request.urlopen(f"{url}/metrics/", timeout=10) as response:
+                metrics = response.read().decode()
+            assert "aibrix:queue_size" in metrics and "vllm:num_requests_waiting" in metrics
+            assert s3.secret_key not in sidecar.output()
     for name in list(engine_adapters(vllm_peer)):
         call("POST", f"{vllm_peer.base_url}/v1/unload_lora_adapter", {"lora_name": name})

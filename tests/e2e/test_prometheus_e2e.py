@@ -8,24 +8,21 @@ Run with `python -m pytest -m e2e tests/e2e/test_prometheus_e2e.py`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fake_engine import FakeEngine, vllm_payload
-from tests.support.promtool import assert_valid_exposition, require_tool
-from tests.support.sidecar import free_port, running_sidecar, wait_http_ok
+from tests.support.prometheus import Prometheus, running_prometheus
+from tests.support.promtool import assert_valid_exposition
+from tests.support.sidecar import running_sidecar
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +30,6 @@ JOB = "airuntime"
 PREFIX = "airuntime:"
 WAIT_SECONDS = 30.0
 T = TypeVar("T")
-
-
-def prometheus_path() -> str | None:
-    """Path of the `prometheus` server binary (env PROMETHEUS overrides PATH), or None."""
-    explicit = os.environ.get("PROMETHEUS")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which("prometheus")
 
 
 def engine_samples(payload: bytes, sample_name: str) -> dict[frozenset[tuple[str, str]], float]:
@@ -57,31 +46,6 @@ def replace_values(payload: bytes, sample_name: str, new_value: Callable[[float]
     """`payload` with every `sample_name` sample's value replaced by `new_value(old)`."""
     pattern = re.compile(rb"^(" + re.escape(sample_name.encode()) + rb"(?:\{[^\n]*\})?[ \t]+)(\S+)", re.MULTILINE)
     return pattern.sub(lambda m: m.group(1) + repr(new_value(float(m.group(2)))).encode(), payload)
-
-
-@dataclass
-class Prometheus:
-    url: str
-    log_path: Path
-
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=5) as response:
-            body = json.loads(response.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Instant-query result vector: [{"metric": {...}, "value": [ts, "str"]}, ...]."""
-        data = self.api("/api/v1/query", query=promql)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 @dataclass
@@ -134,16 +98,13 @@ def probe_for(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    binary = require_tool("prometheus", prometheus_path())
     payload = vllm_payload()
     with (
         FakeEngine(payload) as engine,
         running_sidecar(["--engine", "vllm", "--engine-url", engine.url]) as url,
     ):
-        workdir = tmp_path_factory.mktemp("prometheus")
-        config = workdir / "prometheus.yml"
         target = url.removeprefix("http://")
-        config.write_text(
+        config = (
             "global:\n"
             "  scrape_interval: 1s\n"
             "  scrape_timeout: 1s\n"
@@ -154,36 +115,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "    static_configs:\n"
             f"      - targets: ['{target}']\n"
         )
-        port = free_port()
-        log_path = workdir / "prometheus.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    "--storage.tsdb.retention.time=1h",
-                    "--log.level=info",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-        prometheus = Prometheus(f"http://127.0.0.1:{port}", log_path)
-        try:
-            try:
-                wait_http_ok(f"{prometheus.url}/-/ready", timeout=30, proc=proc)
-            except (RuntimeError, TimeoutError) as exc:
-                pytest.fail(f"prometheus did not become ready: {exc}\n{prometheus.log_tail()}")
+        with running_prometheus(tmp_path_factory.mktemp("prometheus"), config) as prometheus:
             yield Stack(engine, url, prometheus, payload)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def test_target_is_up_and_scrapes_cleanly(stack: Stack) -> None:

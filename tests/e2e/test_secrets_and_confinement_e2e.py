@@ -151,7 +151,10 @@ def test_no_secret_in_any_answer_or_log_and_no_stray_file(world: dict[str, Path]
             # and ones that fail with secrets all over their config
             dead = f"http://127.0.0.1:{free_port()}"
             for source, config in (
-                ("s3://bucket/model", {"endpoint": dead, "access_key": "AKIATEST", "secret_key": secrets.S3_SECRET_KEY}),
+                (
+                    "s3://bucket/model",
+                    {"endpoint": dead, "access_key": "AKIATEST", "secret_key": secrets.S3_SECRET_KEY},
+                ),
                 ("tos://bucket/model", {"endpoint": dead, "ak": "AK", "sk": secrets.S3_SECRET_KEY}),
                 ("org/missing", {"hf_endpoint": hub.endpoint, "hf_token": secrets.HF_TOKEN}),
                 ("org/tiny", {"hf_endpoint": dead, "hf_token": secrets.HF_TOKEN}),

@@ -121,6 +121,6 @@ def _check_raw_lines_come_from_input(raw: list[bytes], lines: list[bytes], paylo
             name = header.group(1)
             assert name in payload or name.removesuffix(b"_total") in payload, f"header not from input: {line!r}"
             continue
-        assert any(
-            other.startswith(line) and _EXEMPLAR_TAIL_RE.match(other, len(line)) for other in lines
-        ), f"raw line not from input: {line!r}"
+        assert any(other.startswith(line) and _EXEMPLAR_TAIL_RE.match(other, len(line)) for other in lines), (
+            f"raw line not from input: {line!r}"
+        )

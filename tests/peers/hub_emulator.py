@@ -81,13 +81,13 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tests.support.faulty_body import write_body
 from tests.support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
 DEFAULT_LFS_THRESHOLD = 1024 * 1024
 DEFAULT_LFS_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.onnx", "*.h5", "*.msgpack")
 REPO_TYPES = ("model", "dataset", "space")
-CHUNK = 64 * 1024
 FAKE_DATE = "2026-01-01T00:00:00.000Z"
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -566,31 +566,16 @@ class _HubApp:
         if request.method == "HEAD":
             await response.write_eof()
             return response
-        limit = end
-        if cut is not None:
-            limit = min(end, start + max(cut.after_bytes, 0))
-        stall_at = start + stall.after_bytes if stall is not None else None
-        position = start
-        try:
-            while position < limit:
-                chunk_end = min(position + CHUNK, limit)
-                if stall_at is not None and position < stall_at < chunk_end:
-                    chunk_end = stall_at
-                await response.write(data[position:chunk_end])
-                position = chunk_end
-                if stall is not None and stall_at is not None and position >= stall_at:
-                    await asyncio.sleep(stall.seconds)
-                    stall_at = None
-        except ConnectionResetError:  # the client gave up (e.g. a read timeout during a stall)
+        complete = await write_body(
+            request,
+            response,
+            memoryview(data)[start:end],
+            cut_after=cut.after_bytes if cut is not None else None,
+            stall_after=stall.after_bytes if stall is not None else None,
+            stall_seconds=stall.seconds if stall is not None else 0.0,
+        )
+        if not complete:
             self.incomplete.add(id(request))
-            return response
-        if cut is not None and limit < end:
-            await asyncio.sleep(0.05)  # let the partial body reach the socket before the close
-            if request.transport is not None:
-                request.transport.close()
-            self.incomplete.add(id(request))
-            return response
-        await response.write_eof()
         return response
 
 

@@ -29,6 +29,21 @@ def sidecar_command() -> list[str]:
     return [sys.executable, "-m", "runtime"]
 
 
+def program_command(name: str, folder: Path) -> list[str]:
+    """The program invoked under another name (`aibrix_runtime`, `aibrix_download`): a link named so in `folder` to
+    the binary, or the package's console script of that name when testing the source."""
+    binary = os.environ.get("AIRUNTIME_BIN")
+    if binary:
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(Path(binary).resolve())
+        return [str(link)]
+    script = Path(sys.executable).parent / name
+    if not script.exists():
+        raise RuntimeError(f"{script} is missing: `make venv` installs the package's console scripts")
+    return [str(script)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -67,16 +82,19 @@ class SidecarProcess:
 
 @contextmanager
 def sidecar_process(
-    args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    command: Sequence[str] | None = None,
 ) -> Iterator[SidecarProcess]:
-    """Start `airuntime serve ARGS --host 127.0.0.1 --port P`, wait for /health, yield it, stop it (SIGTERM, then
-    SIGKILL after 10 s). Its output is kept for the suite-wide secret check."""
+    """Start `airuntime serve ARGS --host 127.0.0.1 --port P` (or COMMAND ARGS ...), wait for /health, yield it, stop
+    it (SIGTERM, then SIGKILL after 10 s). Its output is kept for the suite-wide secret check."""
     port = port or free_port()
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
     if env:
         full_env.update(env)
-    command = [*sidecar_command(), "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    command = [*(command or [*sidecar_command(), "serve"]), *args, "--host", "127.0.0.1", "--port", str(port)]
     # output goes to a file, not a pipe: a chatty sidecar can never block on a full pipe
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(command, env=full_env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -118,9 +118,7 @@ def test_bad_rules_file_names_the_problem(tmp_path: Path) -> None:
     rules.write_text("families:\n  - name: x\n    type: gauge\n")
     result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
     assert result.returncode == 2
-    assert result.stderr.decode().strip() == (
-        "airuntime: error: rules file: families[0] (x): 'sources' must be a non-empty list"
-    )
+    assert result.stderr.decode().strip() == f"airuntime: error: rules file {rules}: families[0]: missing 'sources'"
     rules.write_text("families: [unclosed")
     result = run_cli(["metrics", "rewrite", "--metrics-rules", str(rules)])
     assert result.returncode == 2 and b"is not valid .yaml" in result.stderr
@@ -159,3 +157,72 @@ def test_version() -> None:
     result = run_cli(["--version"])
     assert result.returncode == 0 and result.stdout.startswith(b"airuntime ")
     assert b"commit: " in result.stdout and b"python: " in result.stdout
+
+
+def run_program(
+    name: str, args: list[str], tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """The program invoked under another name (a link to the binary, or the package's console script)."""
+    from tests.support.sidecar import program_command
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_ENV_PREFIXES)}
+    base.setdefault("PYTHONPATH", str(REPO_ROOT))
+    base.update(env or {})
+    command = program_command(name, tmp_path)
+    result = subprocess.run([*command, *args], env=base, cwd=REPO_ROOT, capture_output=True, timeout=60)
+    secrets.keep_output(f"{name} {' '.join(args)[:200]}", (result.stdout + result.stderr).decode(errors="replace"))
+    return result
+
+
+def test_kthena_runtime_args_alone_run_serve() -> None:
+    """Kthena's manifests pass only arguments to the image's entry point: `--port "8900" --engine vllm ...`."""
+    result = run_cli(
+        ["--port", "8900", "--engine", "vllm", "--engine-base-url", "http://localhost:8000", "--engine-metrics-path",
+         "/metrics", "--pod", "runtime-0.default", "--model", "test-model", "--print-config"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    config = json.loads(result.stdout)
+    assert (config["port"], config["engine"], config["pod"], config["model"]) == (
+        8900,
+        "vllm",
+        "runtime-0.default",
+        "test-model",
+    )
+    assert effective_config(["--engine", "vllmdisaggregated"])["engine"] == "vllm"  # Kthena's PD backend type
+
+
+def test_kthena_downloader_args_alone_run_download(tmp_path: Path) -> None:
+    """Kthena's controller runs the downloader image with `--source URI --output-dir DIR`: files land in DIR."""
+    source = tmp_path / "volume"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    result = run_cli(["--source", f"pvc://{source}", "--output-dir", str(tmp_path / "out"), "-w", "2", "-c", "{}"])
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "out" / "config.json").read_text() == "{}"
+    result = run_cli(["-s", f"pvc://{source}", "-o", str(tmp_path / "short")])
+    assert result.returncode == 0 and (tmp_path / "short" / "config.json").exists()
+
+
+def test_aibrix_runtime_name_has_aibrix_defaults(tmp_path: Path) -> None:
+    """`command: [aibrix_runtime, --port, "8080"]`: AIBrix's port, adapters folder (shared with the engine), models
+    folder and metric names; flags and our variables still win; AIBrix's --enable-fastapi-docs is accepted."""
+    result = run_program("aibrix_runtime", ["--print-config", "--enable-fastapi-docs"], tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    config = json.loads(result.stdout)
+    assert config["port"] == 8080 and config["metrics_profile"] == "aibrix"
+    assert (config["adapters_dir"], config["models_dir"]) == ("/tmp/aibrix/adapters", "/tmp/aibrix/models")
+    env = {"AIRUNTIME_ADAPTERS_DIR": "/srv/adapters", "INFERENCE_ENGINE": "vllm"}
+    config = json.loads(run_program("aibrix_runtime", ["--port", "8081", "--print-config"], tmp_path, env).stdout)
+    assert (config["port"], config["adapters_dir"], config["engine"]) == (8081, "/srv/adapters", "vllm")
+
+
+def test_aibrix_download_name_lands_in_local_dir_slash_model_name_and_prints_it(tmp_path: Path) -> None:
+    source = tmp_path / "bucket" / "llama"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    result = run_program(
+        "aibrix_download", ["--model-uri", f"pvc://{source}", "--local-dir", str(tmp_path / "models")], tmp_path
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip().splitlines()[-1] == str(tmp_path / "models" / "llama")
+    assert (tmp_path / "models" / "llama" / "config.json").exists()

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runtime.download.backends.base import DownloadError
 from runtime.download.layout import safe_relative_path
 from runtime.download.service import DownloadRequest, execute, prepare
 from runtime.download.transfer import FileFilter, TransferSettings
+from runtime.errors import DownloadError
 from tests.peers.hub_emulator import HubEmulator
 from tests.unit.test_cli import run_cli
 
@@ -175,11 +177,10 @@ def test_a_killed_download_never_leaves_an_incomplete_file_under_its_final_name_
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    partial = target / ".model.safetensors.airuntime-partial"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (partial.with_name(partial.name + ".json")).exists():
+    while time.monotonic() < deadline and not list(target.glob(".model.safetensors.airuntime-partial-*.json")):
         time.sleep(0.05)
-    assert partial.exists(), "the download should be under way"
+    assert list(target.glob(".model.safetensors.airuntime-partial-*[!n]")), "the download should be under way"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert not (target / "model.safetensors").exists()  # never an incomplete file under the final name
@@ -272,6 +273,28 @@ def test_cli_exit_codes_and_one_line_errors(hub: HubEmulator, tmp_path: Path) ->
     assert not (tmp_path / "aibrix" / "tiny" / "README.md").exists()
 
 
+def test_cli_takes_aibrix_extra_config_as_the_api_does(hub: HubEmulator, tmp_path: Path) -> None:
+    """One mapping for the CLI and the API: `num_threads` used to be an unknown config key on the command line."""
+    extra = json.dumps({"num_threads": 4, "hf_endpoint": hub.endpoint, "allow_file_suffix": ["json"]})
+    result = run_cli(
+        ["download", "org/tiny", "--local-dir", str(tmp_path / "m"), "-q", "--download-extra-config", extra]
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / "README.md").exists()
+    bad = run_cli(
+        ["download", "org/tiny", "--local-dir", str(tmp_path / "n"), "--download-extra-config", '{"num_thread": 4}']
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip().splitlines() == [
+        "airuntime: error: --download-extra-config: unknown download_extra_config key(s): num_thread; known: ak, sk, "
+        "endpoint, region, hf_endpoint, hf_token, hf_revision, num_threads, part_chunksize, allow_file_suffix, "
+        "force_download, max_io_queue, io_chunksize, part_threshold"
+    ]
+    too_many = run_cli(["download", "org/tiny", "--local-dir", str(tmp_path / "o")], {"DOWNLOADER_NUM_THREADS": "500"})
+    assert too_many.returncode == 2
+    assert "DOWNLOADER_NUM_THREADS='500': must be a whole number from 1 to 256" in too_many.stderr.decode()
+
+
 def test_one_file_over_http_with_ranges_and_a_retry(tmp_path: Path) -> None:
     """A real aiohttp file server (Range support from aiohttp's FileResponse) for the https:// backend."""
     from aiohttp import web
@@ -316,3 +339,129 @@ def test_one_file_over_http_with_ranges_and_a_retry(tmp_path: Path) -> None:
         with pytest.raises(DownloadError, match="not found") as failure:
             download(f"http://127.0.0.1:{server.port}/files/missing.bin", tmp_path / "none")
         assert failure.value.status == 404
+
+
+def test_a_file_size_limit_is_a_clean_disk_error(tmp_path: Path) -> None:
+    """ftruncate failing (EFBIG under RLIMIT_FSIZE) used to surface as UnboundLocalError: now one disk-error line."""
+    import resource
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(blob(4 * MIB, 5))
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the call
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 * MIB, 1 * MIB))
+
+    command = __import__("tests.support.sidecar", fromlist=["sidecar_command"]).sidecar_command()
+    result = subprocess.run(
+        [*command, "download", str(source), "--local-dir", str(tmp_path / "dst"), "-q"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        preexec_fn=limit_file_size,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "weights.bin" in lines[0] and "file too large" in lines[0], lines[0]
+    assert "Traceback" not in result.stderr.decode() and "UnboundLocalError" not in result.stderr.decode()
+    assert not (tmp_path / "dst" / "weights.bin").exists()
+
+
+UNLOCKED_DOWNLOAD = """
+import sys
+from runtime.download import transfer
+
+
+class NoLock:  # what flock does on a network filesystem where it silently succeeds
+    waited = 0.0
+
+    def __init__(self, *args, **kwargs): ...
+    async def __aenter__(self): return self
+    async def __aexit__(self, *exc): return None
+
+
+transfer.DirectoryLock = NoLock
+from runtime.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def test_two_writers_on_a_shared_volume_without_a_working_lock_never_corrupt_a_file(
+    hub: HubEmulator, tmp_path: Path
+) -> None:
+    """Two processes download one model into one directory at once, their flock disabled (as on an NFS mount where
+    it silently succeeds): each writes its own partial files, waits for the other instead of racing it, and both
+    end with every file complete and verified."""
+    big = {f"shard-{index}.safetensors": blob(6 * MIB + index, 20 + index) for index in range(3)}
+    hub.add_repo("org/shared", {**big, "config.json": b"{}"})
+    hub.stall_next("/blobs/*", seconds=0.3, method="GET", times=6)
+    args = ["download", "org/shared", "--local-dir", str(tmp_path), "--part-size-mib", "2", "-w", "4", "-q"]
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", UNLOCKED_DOWNLOAD, *args], env=env, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=120)[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert_model(tmp_path, {**big, "config.json": b"{}"})
+    assert not list((tmp_path / ".airuntime" / "runs").iterdir()), "leases left behind"
+
+
+def test_a_partial_of_a_run_that_is_over_is_taken_over(hub: HubEmulator, tmp_path: Path) -> None:
+    """A partial file and its record left by a run that ended (its lease gone) are renamed to the new run's name
+    and resumed: only the missing parts are fetched."""
+    big = blob(8 * MIB, 31)
+    hub.add_repo("org/left", {"model.safetensors": big})
+    listing = asyncio.run(_listing(hub, "org/left"))
+    (remote,) = listing
+    partial = tmp_path / ".model.safetensors.airuntime-partial-0123456789ab"
+    with open(partial, "wb") as handle:
+        handle.write(big[: 4 * MIB] + bytes(4 * MIB))
+    record = {"size": remote.size, "etag": remote.etag, "part_size": 2 * MIB, "done": [0, 1]}
+    partial.with_name(partial.name + ".json").write_text(__import__("json").dumps(record))
+    hub.clear_requests()
+    download("org/left", tmp_path, config=hf_config(hub), transfer=TransferSettings(part_size=2 * MIB))
+    assert (tmp_path / "model.safetensors").read_bytes() == big
+    fetched = sum(_range_length(r.range) for r in hub.requests_to("/blobs/*", "GET") if r.range)
+    assert fetched == 4 * MIB
+    assert not list(tmp_path.glob(".model.safetensors.airuntime-partial*"))
+
+
+async def _listing(hub: HubEmulator, repo: str) -> list[object]:
+    from runtime.download.service import open_backend
+
+    backend = open_backend(prepare(DownloadRequest(source=repo, local_dir=Path("/unused"), config=hf_config(hub))))
+    try:
+        return list(await backend.list_files())
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "given", "style"),
+    [
+        (None, None, "virtual"),  # AWS itself
+        ("https://s3.us-west-2.amazonaws.com", None, "virtual"),
+        ("https://obs.cn-north-4.myhuaweicloud.com", None, "virtual"),
+        ("https://tos-s3-cn-beijing.volces.com", None, "virtual"),
+        ("https://tos-s3-cn-beijing.ivolces.com", None, "virtual"),
+        ("https://obs.test.com", None, "path"),  # Kthena's own OBS example
+        ("http://10.0.0.5:9000", None, "path"),
+        ("http://minio.storage.svc:9000", None, "path"),
+        ("https://obs.test.com", "virtual", "virtual"),  # config addressing_style wins
+        ("https://obs.cn-north-4.myhuaweicloud.com", "path", "path"),
+        ("https://s3.us-west-2.amazonaws.com#my.dotted.bucket", None, "path"),  # dots break the TLS wildcard
+        ("#my.dotted.bucket", None, "path"),
+    ],
+)
+def test_addressing_style_is_virtual_only_for_the_providers_own_domains(
+    endpoint: str | None, given: str | None, style: str
+) -> None:
+    from runtime.download.backends.objects import addressing_style
+    from runtime.download.credentials import SourceSettings
+
+    endpoint, _, bucket = (endpoint or "").partition("#")
+    assert addressing_style(SourceSettings(addressing_style=given), endpoint or None, bucket) == style

@@ -42,7 +42,7 @@ async def adapters(client: Client) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in listing["data"]}
 
 
-async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_passes_404_through(
+async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_is_idempotent(
     client: Client, vllm: VllmLoraEngine, tmp_path: Path
 ) -> None:
     a = make_adapter(tmp_path / "a")
@@ -64,7 +64,11 @@ async def test_aibrix_load_is_idempotent_conflicts_on_another_path_and_unload_pa
     status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a"})
     assert status == 200 and vllm.adapters == {}
     status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a"})
-    assert status == 404 and "cannot be found" in body["error"]  # the engine's 404, not AIBrix's 200
+    assert status == 200 and body["message"] == "adapter 'lora-a' was not loaded"  # AIBrix's controller needs 200
+    status, body = await post(client, "/v1/lora_adapter/unload", {"lora_name": "lora-a", "lora_int_id": 1})
+    assert status == 404 and "cannot be found" in body["error"]  # AIBrix's direct form: the engine's 404
+    status, body = await post(client, "/v1/unload_lora_adapter", {"lora_name": "lora-a"})
+    assert status == 404 and "cannot be found" in body["error"]  # Kthena's: the engine's 404 passes through
 
 
 async def test_kthena_load_downloads_from_the_hub_once(client: Client, vllm: VllmLoraEngine, tmp_path: Path) -> None:
@@ -253,3 +257,58 @@ async def test_desired_file_loads_unloads_and_survives_a_broken_edit(
     assert watcher.last_error is not None and set(vllm.adapters) == {"lora-a"}
     listed = await adapters(client)
     assert listed["lora-a"]["from_file"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/v1/lora_adapter/load", {"lora_name": "a", "lora_path": "/x", "lora_pth": "/x"}, "lora_pth"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": ""}, "artifact_url"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "ftp://x/y"}, "artifact_url"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "s3://b/p", "credentials": {"k": 1}}, "credentials"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "artifact_url": "s3://b/p", "credentials_secret": "../etc"}, "credentials_secret"),
+        ("/v1/lora_adapter/unload", {"lora_name": "a", "lora_int_id": {}}, "lora_int_id"),
+        ("/v1/lora_adapter/unload", {"lora_name": "a", "cleanup_local": "yes"}, "cleanup_local"),
+        ("/v1/lora_adapter/load", {"lora_name": "a", "lora_path": "/x", "artifact_url": "s3://b/p"}, "not both"),
+    ],
+)
+async def test_aibrix_forms_refuse_bad_fields_naming_them(client: Client, path: str, body: dict[str, Any], named: str) -> None:
+    status, answer = await post(client, path, body)
+    assert status == 422, answer  # as AIBrix's own models answer
+    assert named in answer["error"]
+
+
+async def test_aibrix_delegated_load_reads_a_mounted_credentials_secret(tmp_path: Path) -> None:
+    from runtime.lora.aibrix import artifact_config, artifact_source
+
+    secret = tmp_path / "secrets" / "s3-creds"
+    secret.mkdir(parents=True)
+    (secret / "aws_access_key_id").write_text("AKIAMOUNTED\n")
+    (secret / "aws_secret_access_key").write_text("mounted-secret")
+    (secret / "unrelated").write_text("ignored")
+    (secret / "..data").mkdir()
+    config = artifact_config({"credentials_secret": "s3-creds", "additional_config": {"endpoint": "http://s3:9000"}}, tmp_path / "secrets")
+    assert config == {"access_key": "AKIAMOUNTED", "secret_key": "mounted-secret", "endpoint": "http://s3:9000"}
+    assert artifact_source("gcs://bucket/lora") == "gs://bucket/lora"
+    assert artifact_source("huggingface://org/lora") == "org/lora"
+
+
+async def test_a_path_the_filesystem_refuses_is_a_400_and_never_stops_the_reconciler(
+    client: Client, vllm: VllmLoraEngine, tmp_path: Path
+) -> None:
+    """A segment over 255 bytes (ENAMETOOLONG) used to be a 500 that left a record stuck in 'loading', on which every
+    reconcile round then stopped: the other adapters were never loaded again after an engine restart."""
+    good = make_adapter(tmp_path / "good")
+    assert (await post(client, "/v1/load_lora_adapter", {"lora_name": "good", "lora_path": str(good)}))[0] == 200
+    for path, body in [
+        ("/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": "/" + "b" * 300}),
+        ("/v1/lora_adapter/load", {"lora_name": "bad2", "lora_path": "c" * 300}),
+    ]:
+        status, answer = await post(client, path, body)
+        assert status == 400, answer
+    assert set(await adapters(client)) == {"good"}  # nothing kept for a request that could never succeed
+    listing = await client.get("/v1/model/list", params={"local_dir": "/" + "d" * 300})
+    assert listing.status == 200 and (await listing.json())["data"] == []
+    vllm.restart()  # the engine forgets its adapters
+    await client.app[LORA].reconcile_once()
+    assert vllm.adapters == {"good": str(good)}

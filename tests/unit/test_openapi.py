@@ -19,8 +19,8 @@ from schemathesis.core.result import Err, Ok
 
 from runtime.metrics.rules import build_ruleset
 from runtime.server.app import create_app
-from runtime.server.openapi_route import load_spec
 from tests.support.lora_engines import VllmLoraEngine, make_adapter
+from tests.support.rewrite import load_spec
 from tests.unit.test_server import make_config, sidecar_client
 
 Client = TestClient[web.Request, web.Application]
@@ -180,9 +180,12 @@ async def test_lora_load_list_unload_conform(client: Client, vllm: VllmLoraEngin
     unloaded = await post(client, "/v1/unload_lora_adapter", {"lora_name": "chat"})
     assert unloaded.status == 200
     await assert_conforms(unloaded, "POST", "/v1/unload_lora_adapter")
-    again = await post(client, "/v1/lora_adapter/unload", {"lora_name": "chat"})
+    again = await post(client, "/v1/unload_lora_adapter", {"lora_name": "chat"})
     assert again.status == 404  # the engine's 404 passes through
-    await assert_conforms(again, "POST", "/v1/lora_adapter/unload")
+    await assert_conforms(again, "POST", "/v1/unload_lora_adapter")
+    aibrix = await post(client, "/v1/lora_adapter/unload", {"lora_name": "chat"})
+    assert aibrix.status == 200  # AIBrix's unload: already gone is success
+    await assert_conforms(aibrix, "POST", "/v1/lora_adapter/unload")
 
 
 async def test_kthena_download_from_a_volume_conforms(client: Client, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.metrics.rules import load_engine_table
+from runtime.metrics.rule_tables import SourceSpec, load_engine_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ENGINES = ["vllm", "sglang", "tgi", "llamacpp", "trtllm", "lmdeploy"]
@@ -15,14 +15,14 @@ def engine_table_markdown() -> str:
     kinds: dict[str, str] = {}
     cells: dict[tuple[str, str], str] = {}
     for engine in ENGINES:
-        for family in load_engine_table(engine)["families"]:
-            name = family["name"]
-            if family["type"] == "counter" and not name.endswith("_total"):
+        for family in load_engine_table(engine).families:
+            name = family.name
+            if family.kind == "counter" and not name.endswith("_total"):
                 name += "_total"
             if name not in order:
                 order.append(name)
-            kinds[name] = family["type"]
-            cells[(name, engine)] = ", ".join(_source(source) for source in family["sources"])
+            kinds[name] = family.kind
+            cells[(name, engine)] = ", ".join(_source(source) for source in family.sources)
     lines = [
         "| unified (`PREFIX:`) | type | " + " | ".join(ENGINES) + " |",
         "|---|---|" + "---|" * len(ENGINES),
@@ -33,19 +33,37 @@ def engine_table_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _source(source: str | dict[str, object]) -> str:
-    if isinstance(source, str):
-        return f"`{source}`"
-    text = f"`{source['name']}`"
-    match = source.get("match")
-    if isinstance(match, dict):
-        text += "`{" + ",".join(f'{key}="{value}"' for key, value in match.items()) + "}`"
-    divide_by = source.get("divide_by")
-    if isinstance(divide_by, int | float):
-        text += f" ÷{divide_by:g}"
+def _source(source: SourceSpec) -> str:
+    text = f"`{source.name}`"
+    if source.match is not None:
+        text += "`{" + f'{source.match[0]}="{source.match[1]}"' + "}`"
+    if source.divide_by is not None:
+        text += f" ÷{source.divide_by:g}"
     return text
 
 
 def test_readme_engine_table_matches_the_rule_tables() -> None:
     expected = engine_table_markdown()
     assert expected in README.read_text(encoding="utf-8"), "README table is stale; paste this:\n" + expected
+
+
+def config_table_markdown() -> str:
+    """The README's configuration table, from the settings declared in runtime/config.py."""
+    from runtime.config import ServeConfig
+    from runtime.settings import declared_settings
+
+    lines = ["| flag | what | variables (the first set wins) | default |", "|---|---|---|---|"]
+    for _, default, setting in declared_settings(ServeConfig):
+        flags = ", ".join(f"`{flag}`" for flag in setting.flags)
+        if setting.choices is not None:
+            flags += " " + "/".join(f"`{choice}`" for choice in setting.choices())
+        variables = ", ".join(f"`{name}`" for name in setting.env)
+        shown = {True: "on", False: "off"}.get(default) if isinstance(default, bool) else None
+        shown = shown or ("none" if default in (None, "", ()) else f"`{default}`")
+        lines.append(f"| {flags} | {setting.help} | {variables} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_configuration_table_matches_the_declared_settings() -> None:
+    expected = config_table_markdown()
+    assert expected in README.read_text(encoding="utf-8"), "README configuration table is stale; paste:\n" + expected

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.metrics.rewriter import rewrite_bytes
 from runtime.metrics.rules import build_ruleset
 from tests.support.exposition import families_of, sample_values
 from tests.support.promtool import assert_valid_exposition
+from tests.support.rewrite import rewrite_bytes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -6,10 +6,12 @@ import random
 
 import pytest
 
-from runtime.metrics.rewriter import MetricsRewriter, RewriteCache, rewrite_bytes
+from runtime.metrics.rewriter import MetricsRewriter, RewriteCache
+from runtime.metrics.rule_tables import parse_rules
 from runtime.metrics.rules import build_ruleset
 from tests.support.exposition import families_of, sample_lines
 from tests.support.promtool import assert_valid_exposition
+from tests.support.rewrite import rewrite_bytes
 
 VLLM = build_ruleset("vllm")
 
@@ -152,7 +154,9 @@ def test_openmetrics_input_becomes_valid_text_format() -> None:
 def test_counter_without_total_gets_it_in_the_unified_copy() -> None:
     rules = build_ruleset(
         "vllm",
-        overrides={"families": [{"name": "request_count", "type": "counter", "sources": ["tgi_request_count"]}]},
+        overrides=parse_rules(
+            {"families": [{"name": "request_count", "type": "counter", "sources": ["tgi_request_count"]}]}
+        ),
     )
     out = rewrite(b"# TYPE tgi_request_count counter\ntgi_request_count 12\n", rules=rules)
     assert b"# TYPE tgi_request_count counter\ntgi_request_count 12\n" in out
@@ -204,15 +208,17 @@ def test_invalid_lines_are_dropped_and_counted(bad: bytes) -> None:
 def test_label_match_rule_selects_series_and_drops_the_label() -> None:
     rules = build_ruleset(
         "vllm",
-        overrides={
-            "families": [
-                {
-                    "name": "num_requests_waiting",
-                    "type": "gauge",
-                    "sources": [{"name": "nv_trt_llm_request_metrics", "match": {"request_type": "waiting"}}],
-                }
-            ]
-        },
+        overrides=parse_rules(
+            {
+                "families": [
+                    {
+                        "name": "num_requests_waiting",
+                        "type": "gauge",
+                        "sources": [{"name": "nv_trt_llm_request_metrics", "match": {"request_type": "waiting"}}],
+                    }
+                ]
+            }
+        ),
     )
     payload = (
         b"# TYPE nv_trt_llm_request_metrics gauge\n"

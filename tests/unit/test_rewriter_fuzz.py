@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.metrics.rewriter import RewriteCache, rewrite_bytes
+from runtime.metrics.rewriter import RewriteCache
 from tests.fuzz.invariants import RULES, check_rewrite, input_lines
 from tests.support.promtool import require_promtool, run_promtool
+from tests.support.rewrite import rewrite_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_DIR = REPO / "tests" / "fuzz"
@@ -96,7 +97,10 @@ class Source:
 
 
 SOURCES = sorted(
-    {Source(name, found[0].kind, found[0].target, found[0].match_label is None) for name, found in RULES.by_source.items()},
+    {
+        Source(name, found[0].kind, found[0].target, found[0].match_label is None)
+        for name, found in RULES.by_source.items()
+    },
     key=lambda source: source.name,
 )
 # Names of families no rule knows; none ends like a member of another family (`_sum`, `_total`...).
@@ -116,7 +120,7 @@ _VALUE = st.one_of(
 )
 _TIMESTAMP = st.one_of(st.just(""), st.integers(-(10**12), 10**13).map(lambda ts: f" {ts}"))
 _EXEMPLAR = st.sampled_from(["", "", "", ' # {trace_id="abc"} 1.0', " # {} 1 1700000000.1", " #"])
-_HELP_TEXT = st.sampled_from(["Help text.", "back\\\\slash", "a\\nb", "", "ü", "quote \" and {}"])
+_HELP_TEXT = st.sampled_from(["Help text.", "back\\\\slash", "a\\nb", "", "ü", 'quote " and {}'])
 _SEP = st.sampled_from([" ", " ", " ", "\t", "  "])
 
 
@@ -134,7 +138,9 @@ def render(labels: Labels, style: int, extra: tuple[str, str] | None = None) -> 
     if not pairs:
         return "{}" if style == 1 else ""
     joiner, around = (", ", " ") if style == 2 else (",", "")
-    return "{" + around + joiner.join(f'{name}="{value}"' for name, value in pairs) + ("," if style == 1 else around) + "}"
+    return (
+        "{" + around + joiner.join(f'{name}="{value}"' for name, value in pairs) + ("," if style == 1 else around) + "}"
+    )
 
 
 @st.composite
@@ -240,7 +246,11 @@ def almost_valid(draw: st.DrawFn, corrupt: bool = True) -> tuple[bytes, list[Sou
                 lines.insert(i, draw(st.sampled_from(NASTY_LINES)))
             elif action == "byte" and lines[i]:
                 k = draw(st.integers(0, len(lines[i]) - 1))
-                lines[i] = lines[i][:k] + draw(st.sampled_from(['"', "\\", "{", "}", " ", "\0", "\r", "#", "é"])) + lines[i][k + 1 :]
+                lines[i] = (
+                    lines[i][:k]
+                    + draw(st.sampled_from(['"', "\\", "{", "}", " ", "\0", "\r", "#", "é"]))
+                    + lines[i][k + 1 :]
+                )
             elif action == "cut":
                 lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
             elif action == "join" and i + 1 < len(lines):
@@ -298,7 +308,9 @@ def test_valid_expositions_keep_every_line_and_get_every_unified_family(generate
     payload, sources = generated
     result = check_rewrite(payload)
     assert result.invalid_lines == 0, payload
-    comments = sum(1 for line in input_lines(payload) if line.startswith(b"#") and line[:6] not in (b"# HELP", b"# TYPE"))
+    comments = sum(
+        1 for line in input_lines(payload) if line.startswith(b"#") and line[:6] not in (b"# HELP", b"# TYPE")
+    )
     created = sum(1 for line in input_lines(payload) if b"_created" in line.split(b"{")[0].split(b" ")[0])
     assert result.omitted_lines <= comments + created
     targets = {family.name for family in text_string_to_metric_families(result.output.decode())}
@@ -310,7 +322,11 @@ def test_valid_expositions_keep_every_line_and_get_every_unified_family(generate
 
 def test_a_megabyte_of_digits_is_rejected_in_linear_time() -> None:
     """The value pattern once matched `[0-9]+\\.?[0-9]*`: a long digit run that ends badly took quadratic time."""
-    for line in (b"a " + b"1" * 1_000_000 + b"x", b'a{b="c"' + b" " * 1_000_000 + b"x} 1", b"a 1" + b" " * 1_000_000 + b"x"):
+    for line in (
+        b"a " + b"1" * 1_000_000 + b"x",
+        b'a{b="c"' + b" " * 1_000_000 + b"x} 1",
+        b"a 1" + b" " * 1_000_000 + b"x",
+    ):
         started = time.perf_counter()
         _, rewriter = rewrite_bytes(line + b"\n", RULES)
         assert rewriter.invalid_lines == 1
@@ -353,7 +369,9 @@ def test_promtool_parses_every_generated_output() -> None:
     for start in range(0, len(outputs), 8):
         batch = outputs[start : start + 8]
         procs = [
-            subprocess.Popen([promtool, "check", "metrics"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                [promtool, "check", "metrics"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             for _ in batch
         ]
         for proc, (_, out) in zip(procs, batch, strict=True):
@@ -366,7 +384,7 @@ def test_promtool_parses_every_generated_output() -> None:
             if proc.returncode not in (0, 3) or "error while linting" in stderr:
                 failures.append(f"{stderr.strip()}\n  input: {payload[:300]!r}\n  output: {out[:300]!r}")
     assert not failures, f"{len(failures)} of {len(outputs)} outputs rejected by promtool:\n" + "\n".join(failures[:5])
-    assert run_promtool(b"a 1\na{x=\"\\q\"} 1\n", promtool).errors, "promtool must reject a bad escape (test sanity)"
+    assert run_promtool(b'a 1\na{x="\\q"} 1\n', promtool).errors, "promtool must reject a bad escape (test sanity)"
 
 
 @pytest.mark.e2e

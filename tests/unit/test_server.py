@@ -143,6 +143,33 @@ async def test_concurrent_scrapes_share_one_engine_request(
     assert all(b"airuntime:prompt_tokens_total{" in body for body in bodies)
 
 
+async def test_concurrent_scrapes_share_the_answer_and_its_gzip(
+    client: TestClient[web.Request, web.Application], engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coalesced requests used to join and gzip the body once each; now once per scrape, however many asked."""
+    import runtime.metrics.answer as answer
+
+    compressions = []
+    original = answer.zlib.compressobj
+
+    def counting(*args: Any) -> Any:
+        compressions.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(answer.zlib, "compressobj", counting)
+    await asyncio.to_thread(engine.set_mode, "slow", delay=0.2)
+
+    async def gzipped() -> bytes:
+        response = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+        assert response.headers["Content-Encoding"] == "gzip"
+        return await response.read()
+
+    bodies = await asyncio.gather(*(gzipped() for _ in range(8)))
+    assert len(set(bodies)) == 1 and len(compressions) == 1
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"}, auto_decompress=False)
+    assert "Content-Encoding" not in plain.headers  # gzip;q=0 means "not gzip"
+
+
 async def test_ready_and_health_aliases(client: TestClient[web.Request, web.Application]) -> None:
     for path in ("/ready", "/readyz"):
         response = await client.get(path)
@@ -277,7 +304,10 @@ async def test_gzip_answer_from_the_engine_is_decoded() -> None:
 
 
 def test_engine_is_asked_for_gzip_only_across_a_network() -> None:
-    from runtime.metrics.scraper import engine_headers
+    from runtime.engine.client import EngineClient
+
+    def engine_headers(api_key: str | None, url: str) -> dict[str, str]:
+        return EngineClient(url, api_key, 1.0).scrape_headers
 
     assert engine_headers(None, "http://127.0.0.1:8000")["Accept-Encoding"] == "identity"
     assert engine_headers(None, "http://localhost:8000")["Accept-Encoding"] == "identity"

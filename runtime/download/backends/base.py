@@ -1,4 +1,4 @@
-"""What every backend provides, and the errors they raise."""
+"""What every backend provides: the files it lists and the byte ranges it reads (errors: runtime/errors.py)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,6 @@ if TYPE_CHECKING:
 Chunk: TypeAlias = "bytes | bytearray | memoryview | Bytes"
 
 
-class DownloadError(Exception):
-    """A download failed for a reason the user can act on. `reason` is a short label for metrics."""
-
-    def __init__(self, message: str, reason: str = "other", status: int = 502) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.status = status  # the HTTP status an API answer should carry
-
-
-class RetryableError(DownloadError):
-    """A transient failure (connection cut, 5xx, timeout): the same request may succeed when repeated.
-
-    `throttled` marks the source asking to slow down (429, S3's 503 SlowDown): the retry waits longer.
-    `retry_after` is the source's Retry-After in seconds when it sent one (honoured up to a cap).
-    """
-
-    def __init__(self, message: str, *, throttled: bool = False, retry_after: float | None = None) -> None:
-        super().__init__(message, reason="throttled" if throttled else "transient", status=502)
-        self.throttled = throttled
-        self.retry_after = retry_after
-
-
 @dataclass(frozen=True)
 class RemoteFile:
     path: str  # relative, `/`-separated, already checked to stay inside the target directory
@@ -43,6 +21,7 @@ class RemoteFile:
     sha256: str | None = None  # content checksum when the source publishes one (HF LFS files)
     md5: str | None = None  # content MD5 when known (S3 ETag of a single-part upload)
     git_sha1: str | None = None  # git blob id of a small HF file: sha1(b"blob <size>\0" + content)
+    ranged: bool = True  # False: the source ignores Range for this file (fetched as one stream, never in parts)
 
 
 class Backend(Protocol):

@@ -1,6 +1,6 @@
-"""Ranged GETs over HTTP with aiohttp, shared by the HTTPS and HuggingFace backends, with failures classified:
-connection problems, timeouts, 429 and 5xx are transient (retried; 429 and a 503 with Retry-After count as
-throttling, and their Retry-After is passed on); other statuses are final and say why. Messages are one line and
+"""Ranged GETs over HTTP with aiohttp, shared by the HTTPS, HuggingFace and ModelScope backends, with failures
+classified: connection problems, timeouts, 429 and 5xx are transient (retried; 429 and a 503 with Retry-After count
+as throttling, and their Retry-After is passed on); other statuses are final and say why. Messages are one line and
 name the status or the host, never a header value such as a token."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from runtime.download.backends.base import DownloadError, RetryableError
+from runtime.errors import DownloadError, RetryableError
 
 CHUNK = 1024 * 1024
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
@@ -54,15 +54,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def status_error(status: int, what: str, headers: Mapping[str, str] | None = None) -> DownloadError:
     if status in (401, 403):
-        return DownloadError(f"{what}: access denied (HTTP {status}); check the token or keys", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied (HTTP {status}); check the token or keys", reason="unauthorized", status=403
+        )
     if status == 404:
-        return DownloadError(f"{what}: not found (HTTP 404)", "not_found", 404)
+        return DownloadError(f"{what}: not found (HTTP 404)", reason="not_found", status=404)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after((headers or {}).get("Retry-After"))
         hint = f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""
         throttled = status == 429 or (status == 503 and retry_after is not None)
         return RetryableError(f"{what}: HTTP {status_text(status)}{hint}", throttled=throttled, retry_after=retry_after)
-    return DownloadError(f"{what}: HTTP {status_text(status)}", "http_status", 502)
+    return DownloadError(f"{what}: HTTP {status_text(status)}", reason="http_status", status=502)
 
 
 def connection_error(exc: BaseException, url: str, what: str) -> RetryableError:
@@ -88,24 +90,55 @@ async def read_range(
     request_headers = {**headers, "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
     try:
         async with session.get(url, headers=request_headers) as response:
-            if response.status == 200:
-                skip = start  # the whole file came back
-            elif response.status == 206:
-                skip = 0
-            else:
+            if response.status not in (200, 206):
                 raise status_error(response.status, what, response.headers)
-            remaining = end - start
-            async for chunk in response.content.iter_chunked(CHUNK):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk = chunk[skip:]
-                    skip = 0
-                if len(chunk) >= remaining:
-                    yield chunk[:remaining]
-                    return
-                remaining -= len(chunk)
+            async for chunk in stream_range(response, start, end, what):
                 yield chunk
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
         raise connection_error(exc, url, what) from None
+
+
+async def stream_range(
+    response: aiohttp.ClientResponse, start: int, end: int, what: str, total: int | None = None
+) -> AsyncIterator[bytes]:
+    """Bytes [start, end) from a 200 (the whole body: skipped to `start`) or 206 answer to a ranged GET.
+
+    A 206 for another range is retried; with `total` (the size the listing gave), a body or Content-Range that
+    announces another size is an error that says so (the object changed, or the listing is stale)."""
+    content_range = parse_content_range(response.headers.get("Content-Range"))
+    if response.status == 206:
+        if content_range is None or content_range[0] != start:
+            shown = response.headers.get("Content-Range", "none")
+            raise RetryableError(f"{what}: asked for bytes {start}-{end - 1}, got Content-Range {shown}")
+        announced = content_range[2]
+        skip = 0
+    else:
+        length = response.headers.get("Content-Length", "")
+        announced = int(length) if length.isdigit() else None
+        skip = start  # the whole file came back
+    if total is not None and announced is not None and announced != total:
+        raise DownloadError(f"{what}: the source has {announced} bytes, the listing says {total}", reason="size")
+    remaining = end - start
+    async for chunk in response.content.iter_chunked(CHUNK):
+        if skip:
+            if len(chunk) <= skip:
+                skip -= len(chunk)
+                continue
+            chunk = chunk[skip:]
+            skip = 0
+        if len(chunk) >= remaining:
+            yield chunk[:remaining]
+            return
+        remaining -= len(chunk)
+        yield chunk
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, total or None for `*`) from `bytes first-last/total`, or None."""
+    if not value or not value.startswith("bytes "):
+        return None
+    span, _, size = value[6:].strip().partition("/")
+    first, _, last = span.partition("-")
+    if not (first.isdigit() and last.isdigit()) or not (size.isdigit() or size == "*"):
+        return None
+    return int(first), int(last), int(size) if size.isdigit() else None

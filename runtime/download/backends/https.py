@@ -7,9 +7,10 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import RemoteFile
 from runtime.download.backends.http_range import connection_error, new_session, read_range, status_error
 from runtime.download.layout import safe_relative_path
+from runtime.errors import DownloadError, RetryableError
 
 
 class HttpsBackend:

@@ -10,7 +10,6 @@ that does not resolve fails at once with a message naming it.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -19,11 +18,12 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from runtime.download.backends.base import DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import RemoteFile
 from runtime.download.backends.http_range import new_session, parse_retry_after, read_range, status_text
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
+from runtime.errors import DownloadError, RetryableError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 LIST_ATTEMPTS = 4
@@ -54,11 +54,11 @@ class HuggingFaceBackend:
         return await asyncio.to_thread(self._list)
 
     def _list(self) -> list[RemoteFile]:
-        # No telemetry: it would call the public Hub from a sidecar that may have no route to it.
-        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         from huggingface_hub import HfApi, constants
         from huggingface_hub.hf_api import RepoFile
 
+        # No telemetry: it would call the public Hub from a sidecar that may have no route to it. The library reads
+        # this constant when it would send; the process environment is left as it is.
         constants.HF_HUB_DISABLE_TELEMETRY = True
 
         api = HfApi(endpoint=self._endpoint, token=self._token or False)
@@ -71,7 +71,7 @@ class HuggingFaceBackend:
             except Exception as exc:
                 failure = self._classified(exc)
                 if not isinstance(failure, RetryableError) or attempt == LIST_ATTEMPTS:
-                    raise DownloadError(str(failure), failure.reason, failure.status) from None
+                    raise DownloadError(str(failure), reason=failure.reason, status=failure.status) from None
                 delay = LIST_BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random())
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, LIST_RETRY_AFTER_CAP))
@@ -103,14 +103,18 @@ class HuggingFaceBackend:
         if isinstance(exc, errors.RevisionNotFoundError):
             return DownloadError(f"{name}: revision {self._revision!r} not found", reason="not_found", status=404)
         if isinstance(exc, errors.GatedRepoError):
-            return DownloadError(f"{name}: gated repository; a token with access is needed", "unauthorized", 403)
+            return DownloadError(
+                f"{name}: gated repository; a token with access is needed", reason="unauthorized", status=403
+            )
         if isinstance(exc, errors.RepositoryNotFoundError):
             hint = "" if self._token else " (or private: set a token)"
             return DownloadError(f"{name}: repository not found{hint}", reason="not_found", status=404)
         if isinstance(exc, errors.HfHubHTTPError):
             status = exc.response.status_code if exc.response is not None else 502
             if status in (401, 403):
-                return DownloadError(f"{name}: access denied (HTTP {status}); check the token", "unauthorized", 403)
+                return DownloadError(
+                    f"{name}: access denied (HTTP {status}); check the token", reason="unauthorized", status=403
+                )
             if status == 429 or status >= 500:
                 headers = exc.response.headers if exc.response is not None else {}
                 retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -119,7 +123,9 @@ class HuggingFaceBackend:
                     throttled=status == 429,
                     retry_after=retry_after,
                 )
-            return DownloadError(f"{name}: the Hub answered HTTP {status_text(status)}", "http_status", 502)
+            return DownloadError(
+                f"{name}: the Hub answered HTTP {status_text(status)}", reason="http_status", status=502
+            )
         host = urlsplit(self._endpoint).hostname or self._endpoint
         chain: list[str] = []
         cause: BaseException | None = exc
@@ -128,7 +134,7 @@ class HuggingFaceBackend:
             cause = cause.__cause__ or cause.__context__
         if any(marker in text for text in chain for marker in _DNS_MARKERS):
             return DownloadError(
-                f"{name}: cannot reach {self._endpoint}: cannot resolve host {host}", "unreachable", 502
+                f"{name}: cannot reach {self._endpoint}: cannot resolve host {host}", reason="unreachable", status=502
             )
         failure = RetryableError(f"{name}: cannot reach {self._endpoint}: {type(exc).__name__}")
         failure.reason = "unreachable"

@@ -10,8 +10,9 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from runtime.download.backends.base import DownloadError, RemoteFile
+from runtime.download.backends.base import RemoteFile
 from runtime.download.layout import META_DIR, PARTIAL_SUFFIX, safe_relative_path
+from runtime.errors import DownloadError
 
 FICLONE = 0x40049409  # linux/fs.h: clone a whole file (copy-on-write) where the filesystem supports it
 READ_CHUNK = 4 * 1024 * 1024

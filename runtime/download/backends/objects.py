@@ -26,14 +26,20 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.download.backends.base import Chunk, DownloadError, RemoteFile, RetryableError
+from runtime.download.backends.base import Chunk, RemoteFile
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
 from runtime.download.uri import SourceSpec
+from runtime.errors import DownloadError, RetryableError
+from runtime.urls import shown_url
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
 DEFAULT_REGIONS = {"s3": "us-east-1", "tos": "cn-beijing", "obs": "cn-north-4"}
+_DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # a bucket name usable as one host name label
+# Domains whose S3 endpoints take virtual-hosted requests (BUCKET.endpoint): AWS, Volcengine TOS, Huawei OBS.
+PROVIDER_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".volces.com", ".ivolces.com", ".myhuaweicloud.com",
+                    ".myhuaweicloud.eu")  # fmt: skip
 # obstore's retries off: the transfer engine (GETs) and list_files (listing) retry, with one budget each.
 RETRY_CONFIG: dict[str, Any] = {"max_retries": 0}
 LIST_ATTEMPTS = 4
@@ -59,6 +65,20 @@ def provider_endpoint(scheme: str, settings: SourceSettings, region: str) -> str
     return endpoint
 
 
+def addressing_style(settings: SourceSettings, endpoint: str | None, bucket: str = "") -> str:
+    """`virtual` (BUCKET.host) for the providers' own domains, `path` (host/BUCKET) for any other endpoint (an IP,
+    an on-premises store, a private name), as boto3 and the AWS CLI do; also `path` for a bucket whose name cannot
+    be a host name label (dots would break the TLS wildcard). Config `addressing_style` overrides."""
+    if settings.addressing_style:
+        return settings.addressing_style
+    if bucket and not _DNS_BUCKET.fullmatch(bucket):
+        return "path"
+    if not endpoint:
+        return "virtual"  # AWS's own endpoints
+    host = (urllib.parse.urlsplit(endpoint).hostname or "").lower()
+    return "virtual" if host.endswith(PROVIDER_DOMAINS) else "path"
+
+
 def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
     from obstore.store import AzureStore, GCSStore, S3Store
 
@@ -81,8 +101,7 @@ def build_store(spec: SourceSpec, settings: SourceSettings) -> Any:
         options["endpoint"] = endpoint
         if endpoint.startswith("http://"):
             options["client_options"] = {"allow_http": True}
-    style = settings.addressing_style or ("path" if spec.scheme == "s3" and endpoint else "virtual")
-    options["virtual_hosted_style_request"] = style == "virtual"
+    options["virtual_hosted_style_request"] = addressing_style(settings, endpoint, spec.location) == "virtual"
     if settings.access_key and settings.secret_key:
         options["access_key_id"] = settings.access_key
         options["secret_access_key"] = settings.secret_key
@@ -125,6 +144,8 @@ def cloud_store_options(scheme: str, settings: SourceSettings) -> dict[str, Any]
     if scheme == "gs":
         if endpoint:
             options["base_url"] = endpoint
+        if settings.service_account_key:
+            options["service_account_key"] = settings.service_account_key
         return options
     account = azure_account(settings)
     if account:
@@ -142,6 +163,7 @@ class ObjectStoreBackend:
         self._settings = settings
         self._store = store if store is not None else build_store(spec, settings)
         self._keys: dict[str, str] = {}  # relative path -> object key
+        self._tried = _endpoint_tried(spec, settings)
 
     def describe(self) -> str:
         return self._spec.describe()
@@ -152,7 +174,9 @@ class ObjectStoreBackend:
                 return await self._list_once()
             except RetryableError as exc:
                 if attempt == LIST_ATTEMPTS:
-                    raise DownloadError(f"{exc} (gave up after {attempt} attempts)", "unreachable", 502) from None
+                    raise DownloadError(
+                        f"{exc} (gave up after {attempt} attempts)", reason="unreachable", status=502
+                    ) from None
                 delay = max(LIST_BACKOFF * 2 ** (attempt - 1), 1.0 if exc.throttled else 0.0)
                 await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
@@ -174,10 +198,13 @@ class ObjectStoreBackend:
             if not found and prefix:
                 meta = await obstore.head_async(self._store, prefix)
                 found.append(self._remote(prefix.rsplit("/", 1)[-1], prefix, meta))
+            elif not found:
+                detail = f"{self.describe()} ({self._tried}): not found (the bucket lists no object)"
+                raise DownloadError(detail, reason="not_found", status=404)
         except DownloadError:
             raise
         except Exception as exc:
-            raise _classified(exc, self.describe(), listing=True) from None
+            raise _classified(exc, f"{self.describe()} ({self._tried})", listing=True) from None
         return found
 
     def _remote(self, relative: str, key: str, meta: Any) -> RemoteFile:
@@ -213,6 +240,17 @@ class ObjectStoreBackend:
         return None
 
 
+def _endpoint_tried(spec: SourceSpec, settings: SourceSettings) -> str:
+    """Where a listing went, for its error message: the endpoint and the addressing style of S3-protocol stores."""
+    if spec.scheme in ("gs", "az"):  # an Azure endpoint may carry a SAS query: shown without it
+        return f"endpoint {shown_url(settings.endpoint)}" if settings.endpoint else f"{spec.scheme} default endpoint"
+    region = settings.region or DEFAULT_REGIONS[spec.scheme]
+    endpoint = provider_endpoint(spec.scheme, settings, region)
+    style = addressing_style(settings, endpoint, spec.location)
+    shown = shown_url(endpoint) if endpoint else "AWS S3"
+    return f"endpoint {shown}, {'virtual-hosted' if style == 'virtual' else 'path'}-style requests"
+
+
 def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
     """One line for an obstore failure: final (not found, access denied, changed) or RetryableError."""
     from obstore import exceptions
@@ -225,11 +263,15 @@ def _classified(exc: Exception, what: str, listing: bool) -> DownloadError:
         detail = "no object under that prefix and no object of that name" if listing else "object not found"
         return DownloadError(f"{what}: not found ({detail})", reason="not_found", status=404)
     if isinstance(exc, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
-        return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied; check the keys and the bucket policy", reason="unauthorized", status=403
+        )
     if isinstance(exc, exceptions.PreconditionError):
         return DownloadError(f"{what}: the object changed during the download", reason="changed", status=409)
     if any(marker in text for marker in ("403 Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId")):
-        return DownloadError(f"{what}: access denied; check the keys and the bucket policy", "unauthorized", 403)
+        return DownloadError(
+            f"{what}: access denied; check the keys and the bucket policy", reason="unauthorized", status=403
+        )
     status = _STATUS.search(text)
     if status is not None:
         code = int(status.group(1))

@@ -6,6 +6,8 @@ moment it passes the limit.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 
 SMALL_BODY_LIMIT = 1024 * 1024  # health, version and LoRA answers are a few hundred bytes
@@ -17,19 +19,18 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-def check_declared_length(response: aiohttp.ClientResponse, limit: int) -> None:
+async def iter_bounded(response: aiohttp.ClientResponse, limit: int, chunk: int) -> AsyncIterator[bytes]:
+    """The body in chunks of up to `chunk` bytes; BodyTooLarge as soon as it (or its declared length) passes `limit`."""
     declared = response.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
+    received = 0
+    async for piece in response.content.iter_chunked(chunk):
+        received += len(piece)
+        if received > limit:
+            raise BodyTooLarge(limit)
+        yield piece
 
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int = SMALL_BODY_LIMIT) -> bytes:
-    check_declared_length(response, limit)
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        received += len(chunk)
-        if received > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join([piece async for piece in iter_bounded(response, limit, 64 * 1024)])

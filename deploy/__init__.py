@@ -1,0 +1,1 @@
+"""Deployment material: Kubernetes examples and the generated dashboard and rules (deploy/observability)."""
