@@ -119,6 +119,17 @@ NOFOLLOW = [
     "_codecs_kr",
     "_codecs_tw",
     "_multibytecodec",
+    # ... and the encodings built on them (Nuitka ships every encodings.* module; these could only fail here)
+    "encodings.big5*",
+    "encodings.cp932",
+    "encodings.cp949",
+    "encodings.cp950",
+    "encodings.euc_*",
+    "encodings.gb*",
+    "encodings.hz",
+    "encodings.iso2022_*",
+    "encodings.johab",
+    "encodings.shift_jis*",
     # optional accelerators of code paths airuntime does not use: PyYAML's libyaml binding (rules files are
     # tiny; yaml.safe_load is pure Python anyway) and aiohttp's websocket reader (no websockets here)
     "yaml._yaml",

@@ -5,7 +5,7 @@ ships what its import tracing sees: a module reached only by name at run time is
 fails the first download of that kind, never at start. So each source type downloads real bytes here, through the
 standalone program (dist/airuntime.dist/airuntime, the same compiled payload the onefile unpacks): HF through the
 Hub emulator, s3/tos/obs through SeaweedFS, gs through fake-gcs-server, az through Azurite, https through an
-aiohttp file server, pvc:// and file:// from a folder. The peers come from `make peers`; missing ones fail in CI.
+aiohttp file server, pvc:// and file:// from a folder, ms:// through the ModelScope emulator. The peers come from `make peers`; missing ones fail in CI.
 """
 
 from __future__ import annotations
@@ -151,5 +151,10 @@ def test_local_volume(program: Path, tmp_path: Path, scheme: str) -> None:
     assert_model(tmp_path / "out")
 
 
-# ModelScope (ms://) is being added in another branch: its test goes here, against the ModelScope emulator that
-# branch brings (same shape: a repo with MODEL, `download(program, "ms://org/tiny", ..., {"ms_endpoint": ...})`).
+def test_modelscope(program: Path, tmp_path: Path) -> None:
+    from tests.peers.modelscope_emulator import ModelScopeEmulator
+
+    with ModelScopeEmulator() as ms:
+        ms.add_repo("org/tiny", MODEL)
+        download(program, "ms://org/tiny", tmp_path / "out", {"ms_endpoint": ms.endpoint})
+    assert_model(tmp_path / "out")
