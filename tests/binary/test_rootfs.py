@@ -174,8 +174,9 @@ def test_names_reach_the_program(image_root: Path, name: str) -> None:
     program = f"/usr/local/bin/{name}"
     seen = in_rootfs(image_root, env="AIRUNTIME_PRINT_ARGV0=1", ROOTFS_PROGRAM=program)
     assert seen.returncode == 0 and seen.stdout.strip() == program, seen.stdout + seen.stderr
-    version = in_rootfs(image_root, "--version", ROOTFS_PROGRAM=program, ROOTFS_READONLY="1")
-    assert version.returncode == 0 and version.stdout.startswith("airuntime "), version.stderr
+    # runtime/cli.py acts on that name (aibrix_runtime runs serve, aibrix_download download): its usage says so
+    usage = in_rootfs(image_root, "--help", ROOTFS_PROGRAM=program, ROOTFS_READONLY="1")
+    assert usage.returncode == 0 and f"Usage: {name}" in usage.stdout, usage.stdout + usage.stderr
 
 
 @pytest.mark.parametrize("env", ["LANG=C.UTF-8", "LANG=en_US.UTF-8", "LC_ALL=C.UTF-8"])
