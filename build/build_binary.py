@@ -111,7 +111,8 @@ NOFOLLOW = [
     "lzma",
     "_bz2",
     "_lzma",
-    # CJK codecs (C extensions; Nuitka ships every encodings.* module as bytecode regardless, ~0.5 MB)
+    # CJK codecs (C extensions). Nuitka ships every encodings.* module and their codecs regardless of these (tried:
+    # 119 of 120 encodings modules and the _codecs_*.so stayed), ~1 MB of the folder
     "_codecs_cn",
     "_codecs_hk",
     "_codecs_iso2022",
@@ -119,17 +120,6 @@ NOFOLLOW = [
     "_codecs_kr",
     "_codecs_tw",
     "_multibytecodec",
-    # ... and the encodings built on them (Nuitka ships every encodings.* module; these could only fail here)
-    "encodings.big5*",
-    "encodings.cp932",
-    "encodings.cp949",
-    "encodings.cp950",
-    "encodings.euc_*",
-    "encodings.gb*",
-    "encodings.hz",
-    "encodings.iso2022_*",
-    "encodings.johab",
-    "encodings.shift_jis*",
     # optional accelerators of code paths airuntime does not use: PyYAML's libyaml binding (rules files are
     # tiny; yaml.safe_load is pure Python anyway) and aiohttp's websocket reader (no websockets here)
     "yaml._yaml",
