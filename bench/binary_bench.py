@@ -238,6 +238,10 @@ def image_estimate(rootfs: Path) -> dict[str, float] | None:
     }
 
 
+def serve_command(executable: Path) -> Callable[[int, str], list[str]]:
+    return lambda p, e: [str(executable), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e]
+
+
 def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
     venv_python = REPO / ".venv" / "bin" / "python"
     binary_cache = cache_root / "binary-cache"
@@ -251,7 +255,7 @@ def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
         found.append(
             Runtime(
                 "standalone (image)",
-                lambda p, e: [str(program), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e],
+                serve_command(program),
                 "/health",
             )
         )
@@ -259,7 +263,7 @@ def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
         found.append(
             Runtime(
                 "airuntime binary",
-                lambda p, e: [str(binary), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e],
+                serve_command(binary),
                 "/health",
                 env={"XDG_CACHE_HOME": str(binary_cache)},
                 before_first=empty_binary_cache,
@@ -269,7 +273,7 @@ def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
         found.append(
             Runtime(
                 "binary, fork mode",
-                lambda p, e: [str(binary), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e],
+                serve_command(binary),
                 "/health",
                 env={"XDG_CACHE_HOME": str(fork_cache), "AIRUNTIME_ONEFILE_FORK": "1"},
                 before_first=lambda: shutil.rmtree(fork_cache, ignore_errors=True),

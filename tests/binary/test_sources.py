@@ -103,12 +103,17 @@ def test_az(program: Path, tmp_path: Path) -> None:
     assert_model(tmp_path / "out")
 
 
-def test_hf(program: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["hf", "ms"])
+def test_model_hubs(program: Path, tmp_path: Path, scheme: str) -> None:
+    """HF through the Hub emulator (a bare repo id), ModelScope (ms://) through the ModelScope emulator."""
     from tests.peers.hub_emulator import HubEmulator
+    from tests.peers.modelscope_emulator import ModelScopeEmulator
 
-    with HubEmulator() as hub:
-        hub.add_repo("org/tiny", MODEL)
-        download(program, "org/tiny", tmp_path / "out", {"hf_endpoint": hub.endpoint})
+    emulator = HubEmulator() if scheme == "hf" else ModelScopeEmulator()
+    with emulator:
+        emulator.add_repo("org/tiny", MODEL)
+        source = "org/tiny" if scheme == "hf" else "ms://org/tiny"
+        download(program, source, tmp_path / "out", {f"{scheme}_endpoint": emulator.endpoint})
     assert_model(tmp_path / "out")
 
 
@@ -148,13 +153,4 @@ def test_local_volume(program: Path, tmp_path: Path, scheme: str) -> None:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes(data)
     download(program, f"{scheme}://{source}", tmp_path / "out")
-    assert_model(tmp_path / "out")
-
-
-def test_modelscope(program: Path, tmp_path: Path) -> None:
-    from tests.peers.modelscope_emulator import ModelScopeEmulator
-
-    with ModelScopeEmulator() as ms:
-        ms.add_repo("org/tiny", MODEL)
-        download(program, "ms://org/tiny", tmp_path / "out", {"ms_endpoint": ms.endpoint})
     assert_model(tmp_path / "out")
