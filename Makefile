@@ -58,14 +58,15 @@ lock: $(STAMP)
 	  -o requirements-dev.lock
 
 ## Upstream drift, seen before users see it: a venv of the newest releases (ignoring the lock), the fast tests in
-## it, then a binary built from it and the binary tests (not in CI: its result depends on the day it runs).
+## it, then a binary built from the newest releases too (its build venv ignores the lock) and the binary tests
+## (not in CI: its result depends on the day it runs).
 LATEST := .venv-latest
 latest:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q -e '.[dev,build]'
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
-	$(MAKE) binary test-binary VENV=$(LATEST) STAMP=$(LATEST)/bin/python BINARY_E2E=no
+	AIRUNTIME_BUILD_REQUIREMENTS=latest $(MAKE) binary test-binary VENV=$(LATEST) STAMP=$(LATEST)/bin/python BINARY_E2E=no
 
 bench: $(STAMP)
 	$(BIN)/python bench/metrics_bench.py

@@ -7,8 +7,9 @@ For each runtime, beside a fake vLLM engine (tests/support/fake_engine.FakeEngin
 - idle memory 3 s after the first health answer: RSS and PSS of each process (the onefile launcher and its child
   separately when there are two) and the total;
 - memory under load: peak total RSS while --clients threads fetch /metrics for --load-seconds (requests/s too).
-The binary runs twice: as built (a cached payload makes the launcher exec the program: one process) and with
-AIRUNTIME_ONEFILE_FORK=1 (stock Nuitka: launcher + child). Plus the binary's size and an image size estimate from
+The binary runs three ways: the standalone folder (dist/airuntime.dist/airuntime, what the image ships: nothing
+unpacked), the onefile as built (a cached payload makes the launcher exec the program: one process) and the onefile
+with AIRUNTIME_ONEFILE_FORK=1 (stock Nuitka: launcher + child). Plus the binary's size and an image size estimate from
 build/out/rootfs (make rootfs): the folder's size and its gzip-compressed tar (the shape of an image layer), with and
 without the binary.
 
@@ -228,13 +229,17 @@ def image_estimate(rootfs: Path) -> dict[str, float] | None:
         return None
     transient = {"home/nonroot/.cache", "tmp/airuntime-65532", "dev", "proc", ".complete", ".packages"}
     with_raw, with_gz = tar_gz_size(rootfs, transient)
-    base_raw, base_gz = tar_gz_size(rootfs, transient | {"usr/local/bin/airuntime"})
+    base_raw, base_gz = tar_gz_size(rootfs, transient | {"opt/airuntime", "usr/local/bin"})
     return {
         "rootfs_mb": round(with_raw / MB, 1),
         "rootfs_tar_gz_mb": round(with_gz / MB, 1),
         "base_without_binary_mb": round(base_raw / MB, 1),
         "base_without_binary_tar_gz_mb": round(base_gz / MB, 1),
     }
+
+
+def serve_command(executable: Path) -> Callable[[int, str], list[str]]:
+    return lambda p, e: [str(executable), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e]
 
 
 def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
@@ -245,11 +250,20 @@ def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
         shutil.rmtree(binary_cache, ignore_errors=True)
 
     found: list[Runtime] = []
+    program = binary.parent / "airuntime.dist" / "airuntime"
+    if program.is_file():
+        found.append(
+            Runtime(
+                "standalone (image)",
+                serve_command(program),
+                "/health",
+            )
+        )
     if binary.is_file():
         found.append(
             Runtime(
                 "airuntime binary",
-                lambda p, e: [str(binary), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e],
+                serve_command(binary),
                 "/health",
                 env={"XDG_CACHE_HOME": str(binary_cache)},
                 before_first=empty_binary_cache,
@@ -259,7 +273,7 @@ def runtimes(binary: Path, cache_root: Path) -> list[Runtime]:
         found.append(
             Runtime(
                 "binary, fork mode",
-                lambda p, e: [str(binary), "serve", "--host", "127.0.0.1", "--port", str(p), "--engine-url", e],
+                serve_command(binary),
                 "/health",
                 env={"XDG_CACHE_HOME": str(fork_cache), "AIRUNTIME_ONEFILE_FORK": "1"},
                 before_first=lambda: shutil.rmtree(fork_cache, ignore_errors=True),

