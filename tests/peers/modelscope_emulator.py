@@ -117,6 +117,7 @@ class RequestRecord:
     authorization: str | None
     cookie: str | None  # the m_session_id cookie, if sent
     status: int | None  # None when the body was cut or the client went away mid-body
+    chosen: int | None = None  # the status the emulator chose, even when the client went away before it was sent
 
 
 @dataclasses.dataclass
@@ -190,6 +191,7 @@ class _MsApp:
         self.faults: list[_Fault] = []
         self.log: list[RequestRecord] = []
         self.incomplete: set[int] = set()
+        self.chosen: dict[int, int] = {}
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
@@ -231,7 +233,8 @@ class _MsApp:
                 if id(request) in self.incomplete:
                     self.incomplete.discard(id(request))
                     status = None
-                self._record(server, request, path, file, status)
+                chosen = self.chosen.pop(id(request), status)
+                self._record(server, request, path, file, status, chosen)
 
         return handle
 
@@ -242,7 +245,9 @@ class _MsApp:
         parts = path.split("/")  # /modelhub/owner/name/sha256/path...
         return "/".join(parts[5:]) if len(parts) > 5 else None
 
-    def _record(self, server: str, request: web.Request, path: str, file: str | None, status: int | None) -> None:
+    def _record(
+        self, server: str, request: web.Request, path: str, file: str | None, status: int | None, chosen: int | None
+    ) -> None:
         cookie = SimpleCookie()
         with contextlib.suppress(Exception):
             cookie.load(request.headers.get("Cookie", ""))
@@ -257,6 +262,7 @@ class _MsApp:
             authorization=request.headers.get("Authorization"),
             cookie=session,
             status=status,
+            chosen=chosen,
         )
         with self.lock:
             self.log.append(record)
@@ -479,6 +485,7 @@ async def _send(
     """Bytes [start, end) of `data`, with the fault (cut, stall, corrupt) applied to the body."""
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
+    app.chosen[id(request)] = status
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
