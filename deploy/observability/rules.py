@@ -276,14 +276,13 @@ def alert_rules(s: RuleSettings) -> list[dict[str, Any]]:
 
 
 def rule_groups(s: RuleSettings) -> dict[str, Any]:
-    """The plain Prometheus rules file (`rule_files:`)."""
-    prefix = s.names.prefix
-    return {
-        "groups": [
-            {"name": f"{prefix}.recording", "rules": recording_rules(s.names)},
-            {"name": f"{prefix}.alerts", "rules": alert_rules(s)},
-        ]
-    }
+    """The plain Prometheus rules file (`rule_files:`).
+
+    One group: its rules run in order at each evaluation, so an alert reads the recording rules of the same instant.
+    Groups run independently (concurrently in Prometheus, in no fixed order in `promtool test rules`), and an alert
+    in a second group could see a recorded series one interval late, which shifts when it fires.
+    """
+    return {"groups": [{"name": s.names.prefix, "rules": [*recording_rules(s.names), *alert_rules(s)]}]}
 
 
 def prometheus_rule(s: RuleSettings) -> dict[str, Any]:
