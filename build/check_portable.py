@@ -3,10 +3,15 @@
     python build/check_portable.py dist/airuntime dist/airuntime.dist [--max-glibc 2.28]
 
 Reads the onefile launcher, the standalone program and every shared object of the payload (any ELF file under a
-folder given) with `readelf` (binutils) and fails (exit 1, one line per problem) when a file needs a glibc symbol
-version above --max-glibc or a library (DT_NEEDED) outside glibc and libgcc_s; anything else must be bundled in
-the payload or linked in statically. Prints the highest glibc version needed and the libraries needed. Used by
-tests/binary/test_portable.py (`make test-binary`, CI).
+folder given) with `readelf` (binutils) and fails (exit 1, one line per problem) when a file needs
+- a glibc symbol version above --max-glibc (2.28: RHEL 8, openEuler 22.03, Amazon Linux 2023, Ubuntu 20.04);
+- a library (DT_NEEDED) that is neither bundled (an ELF file of that name among the files read: the payload's own
+  copies, such as pyzmq's libzmq and libsodium, found through the program's $ORIGIN run path) nor on the host list:
+  glibc, libgcc_s, and libstdc++ (only pyzmq's libzmq, the KV-event relay's, needs it; manylinux's policy counts it
+  as part of every host: apt, dnf and microdnf are C++ programs, and the image ships it);
+- a libstdc++ symbol version above GCC 8's (GLIBCXX_3.4.25, CXXABI_1.3.11: RHEL 8's libstdc++ is GCC 8's).
+Prints the highest glibc version needed and the libraries needed. Used by tests/binary/test_portable.py
+(`make test-binary`, CI).
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ ALLOWED_LIBRARIES = {
     "librt.so.1",
     "libutil.so.1",
     "libgcc_s.so.1",
+    "libstdc++.so.6",
 }
+NOT_ALLOWED = "not bundled, and not glibc, libgcc_s or libstdc++"
+# The newest libstdc++ symbol versions a host may be asked for: GCC 8's (RHEL 8).
+MAX_CXX = {"GLIBCXX": (3, 4, 25), "CXXABI": (1, 3, 11)}
 LOADER = re.compile(r"ld-linux-[\w-]+\.so\.\d$")
 VERSION_NEED = re.compile(r"Name: (GLIBC_\d+\.\d+(?:\.\d+)?)\b")
+CXX_NEED = re.compile(r"Name: (GLIBCXX|CXXABI)_(\d+(?:\.\d+)+)\b")
 NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
 
 
@@ -65,9 +75,16 @@ def readelf(*args: str) -> str:
 
 def check(paths: list[Path], max_glibc: tuple[int, ...]) -> Report:
     report = Report()
-    for elf in elf_files(paths):
+    elves = elf_files(paths)
+    bundled = {elf.name for elf in elves}
+    for elf in elves:
         report.files += 1
-        versions = {glibc_version(tag) for tag in VERSION_NEED.findall(readelf("-V", str(elf)))}
+        version_info = readelf("-V", str(elf))
+        for family, number in sorted(set(CXX_NEED.findall(version_info))):
+            if tuple(int(part) for part in number.split(".")) > MAX_CXX[family]:
+                limit = ".".join(map(str, MAX_CXX[family]))
+                report.problems.append(f"{elf}: needs {family}_{number} (limit {family}_{limit}, GCC 8)")
+        versions = {glibc_version(tag) for tag in VERSION_NEED.findall(version_info)}
         if versions:
             report.highest = max(report.highest, max(versions))
         too_new = sorted(v for v in versions if v > max_glibc)
@@ -76,8 +93,8 @@ def check(paths: list[Path], max_glibc: tuple[int, ...]) -> Report:
             report.problems.append(f"{elf}: needs {shown} (limit GLIBC_{'.'.join(map(str, max_glibc))})")
         for library in NEEDED.findall(readelf("-d", str(elf))):
             report.libraries.add(library)
-            if library not in ALLOWED_LIBRARIES and not LOADER.match(library):
-                report.problems.append(f"{elf}: needs {library} from the host (not glibc or libgcc_s)")
+            if library not in ALLOWED_LIBRARIES and library not in bundled and not LOADER.match(library):
+                report.problems.append(f"{elf}: needs {library} from the host ({NOT_ALLOWED})")
     return report
 
 

@@ -109,7 +109,23 @@ for pkg in "${SOURCES[@]}"; do VERSION[$pkg]=$(fetch_source "$pkg"); done
 KEY=$( { cat "$0"; echo "$TARGET"; "$ZIG" version; for pkg in "${SOURCES[@]}"; do echo "$pkg ${VERSION[$pkg]}"; done; } \
   | sha256sum | cut -c1-12)
 PREFIX=$CACHE/${TARGET}-$KEY
+# The compiler Nuitka uses for the program and its onefile launcher: the same zig and target. Named `clang` so
+# Nuitka treats it as clang and puts ccache in front (it does not for a compiler named zig); version queries go
+# without the target, which zig rejects there. It names this run's zig (same version: the key has it), so a cached
+# prefix keeps working after the venv that built it is gone; rewritten only when that path changed, since ccache
+# knows the compiler by its modification time.
+write_toolchain() {
+  local wanted
+  wanted=$(printf '#!/bin/sh\ncase " $* " in *" -dumpversion "*|*" --version "*) exec "%s" cc "$@" ;; esac\nexec "%s" cc -target %s "$@"' "$ZIG" "$ZIG" "$TARGET")
+  mkdir -p "$PREFIX/toolchain"
+  if [ "$(cat "$PREFIX/toolchain/clang" 2>/dev/null)" != "$wanted" ]; then
+    printf '%s\n' "$wanted" > "$PREFIX/toolchain/clang.tmp"
+    chmod +x "$PREFIX/toolchain/clang.tmp"
+    mv -f "$PREFIX/toolchain/clang.tmp" "$PREFIX/toolchain/clang"
+  fi
+}
 if [ -f "$PREFIX/.complete" ]; then
+  write_toolchain
   echo "$PREFIX"
   exit 0
 fi
@@ -243,16 +259,7 @@ in_dir python3.11 make install
 "$PREFIX/bin/python3.11" -c 'import ssl, _ssl, hashlib, _hashlib, ctypes, zlib, _decimal, _asyncio, select, pyexpat
 print(ssl.OPENSSL_VERSION, "zlib", zlib.ZLIB_RUNTIME_VERSION)' >&2
 
-# The compiler Nuitka uses for the program and its onefile launcher: the same zig and target. Named `clang` so
-# Nuitka treats it as clang and puts ccache in front (it does not for a compiler named zig); version queries go
-# without the target, which zig rejects there.
-mkdir -p "$PREFIX/toolchain"
-cat > "$PREFIX/toolchain/clang" <<EOF
-#!/bin/sh
-case " \$* " in *" -dumpversion "*|*" --version "*) exec "$ZIG" cc "\$@" ;; esac
-exec "$ZIG" cc -target $TARGET "\$@"
-EOF
-chmod +x "$PREFIX/toolchain/clang"
+write_toolchain
 {
   for pkg in "${SOURCES[@]}"; do echo "$pkg ${VERSION[$pkg]}"; done
   echo "zig $("$ZIG" version)"

@@ -1,6 +1,8 @@
 """The one hook the server needs: an aiohttp cleanup context that runs the relay when it is configured.
 
-pyzmq and msgspec are imported here only when the relay runs, so a sidecar without Redis never loads them.
+pyzmq and msgspec are imported here only when the relay runs, so a sidecar without Redis never loads them, and a
+host where they cannot load (pyzmq's libzmq needs libstdc++.so.6, which a few minimal hosts lack) still serves
+everything else, with one error line saying why the relay is off.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ def relay_context(
         if settings is None:
             yield
             return
-        from runtime.kv_events.relay import Relay
-
+        try:
+            from runtime.kv_events.relay import Relay
+        except ImportError as exc:
+            log.error("the KV-event relay cannot load ZeroMQ or msgpack (%s); the KV-event relay does not run", exc)
+            yield
+            return
         relay = Relay(settings, registry, prefix)
         try:
             relay.start()

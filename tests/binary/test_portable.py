@@ -1,8 +1,9 @@
 """The portability gate (build/check_portable.py) on the built binary, and the names the program answers to.
 
 The onefile launcher, the standalone program and every shared object of the payload may need glibc <= 2.28 and,
-from the host, nothing but glibc and libgcc_s. The gate itself is checked to fail on a host library that needs
-more (Debian 12's libssl), so a gate that reads nothing cannot pass.
+from the host, nothing but glibc, libgcc_s and a GCC 8 libstdc++ (pyzmq's libzmq); libraries the payload bundles
+(libzmq, libsodium) are found in it. The gate itself is checked to fail on host libraries that need more (Debian
+12's libssl, libapt-pkg), so a gate that reads nothing cannot pass, and to accept a library bundled beside its user.
 """
 
 from __future__ import annotations
@@ -40,6 +41,30 @@ def test_gate_fails_on_a_newer_glibc_and_a_host_library() -> None:
     result = gate(host_libssl)
     assert result.returncode == 1
     assert "needs GLIBC_2.3" in result.stdout and "needs libcrypto.so.3 from the host" in result.stdout
+
+
+def test_gate_fails_on_a_newer_libstdcxx() -> None:
+    apt_pkg = Path("/usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0")
+    if not apt_pkg.exists():
+        pytest.skip("no Debian 12 libapt-pkg here")
+    result = gate(apt_pkg)
+    assert result.returncode == 1
+    assert "needs GLIBCXX_3.4.29 (limit GLIBCXX_3.4.25, GCC 8)" in result.stdout, result.stdout
+
+
+def test_gate_accepts_a_library_bundled_beside_its_user(tmp_path: Path) -> None:
+    host = Path("/usr/lib/x86_64-linux-gnu")
+    if shutil.which("readelf") is None:
+        pytest.skip("no readelf (binutils)")
+    if not (host / "libssl.so.3").exists():
+        pytest.skip("no Debian 12 libssl.so.3 here")
+    for name in ("libssl.so.3", "libcrypto.so.3"):
+        shutil.copy(host / name, tmp_path / name)
+    result = subprocess.run(
+        [sys.executable, str(GATE), str(tmp_path), "--max-glibc", "2.99"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    assert "2 ELF files" in result.stdout and "libcrypto.so.3" in result.stdout
 
 
 def name_seen(program: Path, name: str, folder: Path, **env: str) -> str:

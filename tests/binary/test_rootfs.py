@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,6 +134,28 @@ def test_serve_health_and_metrics_in_rootfs(image_root: Path) -> None:
             assert response.status == 200
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
             assert "vllm:num_requests_running" in response.read().decode()
+
+
+def test_kv_event_relay_in_rootfs(image_root: Path) -> None:
+    """pyzmq's libzmq needs libstdc++ from the host: the image's (distroless cc) serves it, and the relay writes."""
+    from tests.peers.processes import pick_port_base
+    from tests.peers.redis_server import redis_binary, running_redis
+    from tests.support.kv_events import pod_fields
+    from tests.support.kv_publisher import KvPublisher, stored
+
+    if redis_binary() is None:
+        pytest.fail("redis-server is not installed (make peers installs it)")
+    base = pick_port_base(1)
+    endpoint = f"tcp://127.0.0.1:{base}"
+    with running_redis() as redis, FakeEngine() as engine, KvPublisher(endpoint, None) as publisher:
+        env = f"REDIS_HOST=127.0.0.1 REDIS_PORT={redis.port} VLLM_ZMQ_ENDPOINT={endpoint}"
+        args = ["--engine", "vllm", "--engine-url", engine.url, "--pod", "p.ns", "--model", "m"]
+        with serving(image_root, args, env=env):
+            deadline = time.monotonic() + 30
+            while not pod_fields(redis.client(), "p.ns"):
+                assert time.monotonic() < deadline, "the relay in the rootfs wrote nothing to Redis"
+                publisher.publish_events([stored([21], list(range(32)))])
+                time.sleep(0.5)
 
 
 def test_read_only_root_without_writable_home_or_tmp(image_root: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 import msgspec
 
@@ -15,7 +16,7 @@ from tests.support.fake_engine import FakeEngine
 from tests.support.health_prober import HealthProber
 from tests.support.kv_events import pod_fields
 from tests.support.kv_publisher import KvPublisher, stored
-from tests.support.sidecar import sidecar_process
+from tests.support.sidecar import REPO_ROOT, sidecar_process
 
 POD, MODEL = "tiny-0.prod", "tiny"
 FLOOD_BATCHES = 4000
@@ -97,3 +98,22 @@ def test_relay_in_the_sidecar_health_ready_and_metrics(redis: RedisPeer, engine:
         assert metrics["airuntime:kv_events_redis_errors_total{connect}"] >= 1
         output = sidecar.output()
     assert "KV-event relay: connected to" in output and "Redis holds this pod's" in output
+
+
+def test_a_host_where_zeromq_cannot_load_serves_without_the_relay(engine: FakeEngine, tmp_path: Path) -> None:
+    """pyzmq's libzmq needs libstdc++.so.6: on a host without it the relay is off with one line, the rest serves."""
+    shadow = tmp_path / "shadow" / "zmq"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        'raise ImportError("libstdc++.so.6: cannot open shared object file: No such file or directory")\n'
+    )
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1", "PYTHONPATH": f"{shadow.parent}:{REPO_ROOT}"}
+    args = ["--engine", "vllm", "--engine-url", engine.url, "--pod", POD, "--model", MODEL]
+    with sidecar_process(args, env) as sidecar:
+        assert get(f"{sidecar.url}/ready")[0] == 200
+        status, body = get(f"{sidecar.url}/metrics")
+        assert status == 200 and b"vllm:num_requests_running" in body
+        output = sidecar.output()
+    lines = [line for line in output.splitlines() if "KV-event relay" in line]
+    assert any("cannot load ZeroMQ or msgpack (libstdc++.so.6: cannot open" in line for line in lines), output
+    assert "Traceback" not in output, output
