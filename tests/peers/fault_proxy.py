@@ -19,7 +19,9 @@ Faults are checked in the order they were added; the first one that matches and 
 one `add_fault(..., times=1)`. A status fault answers without contacting the upstream; drop and stall faults forward.
 `drop_after_bytes` sends exactly that many body bytes (the real headers, including the full Content-Length, go
 first) and then closes the connection (FIN after the bytes; `drop_mode="reset"` aborts with an RST instead);
-`drop_after_bytes=0` closes right after the headers.
+`drop_after_bytes=0` closes right after the headers. An RST makes both kernels discard the bytes they still hold, so
+before a reset the proxy waits (bounded) until its socket's send queue is empty and gives the client a moment to read:
+"sent" then means "reached the client's socket", and what the client loses is only what it had not read yet.
 
 SigV4 and the Host header (checked with obstore 0.12.1 against SeaweedFS 4.48): the client signs the Host it
 connects to, and SeaweedFS verifies the signature against the Host header it receives. So the client must be
@@ -37,8 +39,10 @@ refuse for a signed PUT); responses are streamed in 64 KiB pieces, not decompres
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -355,10 +359,30 @@ class _ProxyApp:
         if transport is None:
             return
         if fault is not None and fault.drop_mode == "reset":
+            await _drained(transport)
+            await asyncio.sleep(0.2)  # the client reads what its socket holds; an RST would discard it
             transport.abort()
             return
         await asyncio.sleep(0.01)  # let the bytes already written reach the socket before the FIN
         transport.close()
+
+
+_SIOCOUTQ = 0x5411  # Linux: bytes in a TCP socket's send queue not yet acknowledged by the peer
+
+
+async def _drained(transport: asyncio.BaseTransport, limit: float = 2.0) -> None:
+    """Wait (at most `limit` seconds) until the transport's buffer and its socket's send queue are empty."""
+    sock = transport.get_extra_info("socket")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pending = array.array("i", [0])
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(sock.fileno(), _SIOCOUTQ, pending)
+        buffered = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+        if buffered == 0 and pending[0] == 0:
+            return
+        await asyncio.sleep(0.005)
 
 
 class FaultProxy(ThreadedServer):
