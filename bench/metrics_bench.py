@@ -581,7 +581,12 @@ def print_tables(report: dict[str, Any]) -> None:
         print(
             f"== payload {payload['file']} ({payload['engine']}, {payload['bytes']} bytes), "
             f"loadgen {report['meta']['loadgen']}, {report['meta']['duration_s']}s per level "
-            f"after {report['meta']['warmup_s']}s warm-up"
+            f"after {report['meta']['warmup_s']}s warm-up, "
+            + (
+                "the same values in every answer"
+                if report["meta"].get("values") == "same"
+                else "new values every answer"
+            )
         )
         head = f"{'target':<10} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
         head += f"{'tgt cpu%':>8} {'eng cpu%':>8} {'lg cpu%':>7} {'other%':>6} {'tgt ms/req':>10} {'eng ms/req':>10}"
@@ -740,6 +745,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (at most one per connection)")
     parser.add_argument("--gzip", action="store_true", help="send Accept-Encoding: gzip like Prometheus does")
     parser.add_argument(
+        "--same-values",
+        action="store_true",
+        help="the engine answers the payload as is every time (default: new sample values in every answer, as a "
+        "busy engine's; the engine's cost per answer is the same either way)",
+    )
+    parser.add_argument(
         "--aibrix-cmd",
         default=None,
         help="AIBrix runtime command template ('' skips it); env AIRUNTIME_BENCH_AIBRIX_CMD",
@@ -783,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": args.concurrency,
                 "cold_starts": args.cold_starts,
                 "accept_encoding": "gzip" if args.gzip else "identity",
+                "values": "same" if args.same_values else "vary",
                 "airuntime_command": shlex.join(sidecar_command()),
             }
             bench = Bench(args, workdir, loadgen)
@@ -798,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 report["payloads"].append(entry)
                 bench.log(f"payload {payload.path} ({payload.engine}, {len(payload.data)} bytes)")
-                with FakeEngineProcess(payload_file) as engine:
+                with FakeEngineProcess(payload_file, vary_values=not args.same_values) as engine:
                     engine_pid = engine._proc.pid if engine._proc is not None else None
                     for spec in specs:
                         if args.wait_idle > 0 and not spec.missing:

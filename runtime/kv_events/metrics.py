@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from runtime.metrics.registry import Counter, Gauge, Histogram, Registry
 
 EVENT_TYPES = ("block_stored", "block_removed", "all_blocks_cleared")
 BLOCK_OUTCOMES = ("stored", "removed", "unknown_removed", "skipped", "evicted")
@@ -13,7 +13,7 @@ REPLAY_RESULTS = ("complete", "truncated", "failed", "mismatch")
 
 
 class RelayMetrics:
-    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+    def __init__(self, registry: Registry, prefix: str) -> None:
         name = prefix + ":kv_events_"
         self.events = Counter(name + "events", "KV-cache events applied, by type.", ["type"], registry=registry)
         self.blocks = Counter(

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import zmq
-from prometheus_client import CollectorRegistry
 
 from runtime.kv_events.index import PodIndex
 from runtime.kv_events.metrics import RelayMetrics
@@ -23,6 +22,7 @@ from runtime.kv_events.rank import RankRelay
 from runtime.kv_events.redis_writer import RedisWriter
 from runtime.kv_events.settings import KvEventsSettings
 from runtime.kv_events.subscriber import RankSockets
+from runtime.metrics.registry import Registry
 
 log = logging.getLogger("airuntime.kv_events")
 
@@ -30,7 +30,7 @@ INITIAL_WAIT_SECONDS = 10.0
 
 
 class Relay:
-    def __init__(self, settings: KvEventsSettings, registry: CollectorRegistry, prefix: str) -> None:
+    def __init__(self, settings: KvEventsSettings, registry: Registry, prefix: str) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = RelayMetrics(registry, prefix)

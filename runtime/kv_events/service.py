@@ -11,15 +11,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from runtime.kv_events.settings import KvEventsSettings
+from runtime.metrics.registry import Registry
 
 log = logging.getLogger("airuntime.kv_events")
 
 
 def relay_context(
-    settings: KvEventsSettings | None, registry: CollectorRegistry, prefix: str
+    settings: KvEventsSettings | None, registry: Registry, prefix: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def kv_events_relay(app: web.Application) -> AsyncIterator[None]:
         if settings is None:

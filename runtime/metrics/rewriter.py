@@ -18,6 +18,11 @@ in a histogram), or counted once in `omitted_lines` (dropped on purpose: free co
 samples). For that the rewriter keeps one thing per scrape besides the current family: the family names written so
 far, resolved the way promtool resolves `_sum/_count/_bucket` sample names to their family.
 
+Most scrapes never run the state machine: when the input has the last scrape's lines with new values, the cache's
+`Shape` (runtime/metrics/replay.py) writes the same output the state machine would, from C-level operations over the
+whole body; the rewriter collects the chunks and tries it at `finish`, and rewrites line by line only when the input
+does not fit (then the shape is made anew).
+
 Input is text format 0.0.4 (what engines serve for `Accept: text/plain;version=0.0.4`); OpenMetrics input is turned
 into valid 0.0.4 output where that is a line-level change: `# EOF`/`# UNIT` lines and exemplars are dropped,
 `_created` samples inside a family are dropped, and a counter's HELP/TYPE names get the `_total` of its samples.
@@ -28,6 +33,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from runtime.metrics.replay import Counts, Shape, ShapeRecorder
 from runtime.metrics.rules import RuleSet, SourceRule
 from runtime.metrics.textformat import (
     COMMENT_RE,
@@ -42,6 +48,7 @@ from runtime.metrics.textformat import (
     TEXT_KINDS,
     converted,
     counter_base,
+    divides_value,
     in_range,
     is_utf8,
     label_flags,
@@ -98,13 +105,14 @@ class RewriteCache:
     `samples` maps the text of a sample line before its value (`name{labels}`) to its name, labels and label flags,
     so a line seen before is validated by checking only its value; `families` maps (name, kind) to the family's
     sample names and rules; `comments` holds parsed HELP/TYPE lines. All are bounded: cleared when they outgrow
-    `limit` entries.
+    `limit` entries. `shape` is the last scrape's shape, replayed when the next input fits it.
     """
 
     def __init__(self, limit: int = 100_000) -> None:
         self.samples: dict[bytes, tuple[bytes, bytes | None, int]] = {}
         self.comments: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
         self.families: dict[tuple[bytes, bytes], tuple[dict[bytes, bytes | None], list[SourceRule]]] = {}
+        self.shape: Shape | None = None  # the last scrape's shape (runtime/metrics/replay.py)
         self.limit = limit
 
     def trim(self) -> None:
@@ -127,6 +135,10 @@ class MetricsRewriter:
         self._target_order = rules.targets_bytes
         self._keep_raw = keep_raw
         self._cache = cache if cache is not None else RewriteCache()
+        self._shape = self._cache.shape  # while set, input is only collected, then replayed at `finish`
+        self._chunks: list[bytes] = []
+        self._body: bytes | None = None  # the whole output, when the shape was replayed
+        self._recorder = ShapeRecorder()
         self._out: list[bytes] = []
         self._partial: list[bytes] = []  # the start of a line not yet ended by a newline
         self._family: _Family | None = None
@@ -144,6 +156,12 @@ class MetricsRewriter:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if self._shape is not None:
+            self._chunks.append(chunk)
+            return
+        self._feed_lines(chunk)
+
+    def _feed_lines(self, chunk: bytes) -> None:
         cut = chunk.rfind(b"\n") + 1
         if not cut:
             self._partial.append(chunk)  # joined once its line ends: no copying per chunk of a long line
@@ -158,6 +176,22 @@ class MetricsRewriter:
             self._partial.append(chunk[cut:])
 
     def finish(self) -> None:
+        shape = self._shape
+        if shape is not None:
+            self._shape = None
+            body = b"".join(self._chunks)
+            self._chunks = []
+            replayed = shape.apply(body)
+            if replayed is not None:
+                self._body = replayed
+                counts = shape.counts
+                self.sample_lines = counts.sample_lines
+                self.invalid_lines = counts.invalid_lines
+                self.omitted_lines = counts.omitted_lines
+                self.families_by_engine = Counter(counts.families_by_engine)
+                return
+            self._cache.shape = None
+            self._feed_lines(body)  # line by line after all; the output is the same however the input is chunked
         if self._partial:
             block = b"".join(self._partial)
             self._partial = []
@@ -169,12 +203,22 @@ class MetricsRewriter:
             if held is not None:
                 self._emit_copy(target, held)
         self._cache.trim()
+        counts = Counts(self.sample_lines, self.invalid_lines, self.omitted_lines, Counter(self.families_by_engine))
+        self._cache.shape = self._recorder.shape([*self._recorder.taken, *self._out], counts)
+        self._recorder = ShapeRecorder()
 
     def take(self) -> list[bytes]:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return body.split(b"\n")[:-1]
         out, self._out = self._out, []
+        self._recorder.taken += out
         return out
 
     def take_bytes(self) -> bytes:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return body
         out = self.take()
         return b"\n".join(out) + b"\n" if out else b""
 
@@ -188,9 +232,12 @@ class MetricsRewriter:
         known = self._cache.samples
         recorded = self._recorded
         value_ok = SAFE_VALUE_RE.fullmatch
+        traced, starts = self._recorder.lines, self._recorder.starts
         for line in block.split(b"\n"):
             if not line:
                 continue
+            traced.append(line)
+            starts.append(0)
             if not utf8 and not is_utf8(line):
                 self.invalid_lines += 1
                 continue
@@ -201,10 +248,13 @@ class MetricsRewriter:
             entry = known.get(line[:cut]) if cut > 0 else None
             if entry is not None and value_ok(line, cut + 1) is not None:
                 name, labels, flags = entry
+                starts[-1] = cut + 1  # the outcome depends on the text before the value only
             else:
                 parsed = self._parse_sample(line, cut)
                 if parsed is None:
                     continue
+                if parsed[3] is line and cut > 0 and line[:cut] in known and value_ok(line, cut + 1) is not None:
+                    starts[-1] = cut + 1  # cached just now: the next scrape takes the branch above
                 name, labels, flags, line = parsed
             if self._help is not None:
                 self._close_help()
@@ -229,7 +279,7 @@ class MetricsRewriter:
                     self._record_sample(name)
                 out.append(line)
             if out_suffix is not None and family.copies:
-                _add_to_copies(family.copies, line[len(name) :], labels, out_suffix)
+                _add_to_copies(family.copies, line[len(name) :], labels, out_suffix, self._recorder, len(starts) - 1)
 
     def _parse_sample(self, line: bytes, cut: int) -> tuple[bytes, bytes | None, int, bytes] | None:
         """Validate a sample line not seen before: (name, labels, label flags, the line less any exemplar), or None."""
@@ -475,8 +525,11 @@ class MetricsRewriter:
         self._out.extend(held.lines)
 
 
-def _add_to_copies(copies: list[_Copy], body: bytes, labels: bytes | None, out_suffix: bytes) -> None:
-    """One sample (its labels, value and timestamp: `body`) into every unified copy of its family that takes it."""
+def _add_to_copies(
+    copies: list[_Copy], body: bytes, labels: bytes | None, out_suffix: bytes, recorder: ShapeRecorder, index: int
+) -> None:
+    """One sample (its labels, value and timestamp: `body`) into every unified copy of its family that takes it;
+    `recorder` learns which input line (`index`) each copy line comes from."""
     for copy in copies:
         copy_body = body
         match_label = copy.rule.match_label
@@ -485,9 +538,16 @@ def _add_to_copies(copies: list[_Copy], body: bytes, labels: bytes | None, out_s
             if selected is None:
                 continue
             copy_body = selected
-        if copy.rule.divide_by is not None:
-            copy_body = converted(copy_body, out_suffix, copy.rule.divide_by)
-        copy.samples.append(copy.target_base + out_suffix + copy_body)
+        divisor = copy.rule.divide_by
+        if divisor is not None:
+            copy_body = converted(copy_body, out_suffix, divisor)
+        made = copy.target_base + out_suffix + copy_body
+        copy.samples.append(made)
+        recorder.derived[id(made)] = (
+            made,
+            index,
+            divisor if divisor is not None and divides_value(out_suffix) else None,
+        )
 
 
 def _copy_kind(family: _Family, copy: _Copy) -> bytes:

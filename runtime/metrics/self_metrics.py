@@ -1,19 +1,18 @@
-"""The sidecar's own metrics (prometheus-client), rendered after the engine's on every `/metrics` answer.
+"""The sidecar's own metrics, rendered after the engine's on every `/metrics` answer.
 
-They live in a registry of their own, named with the metrics prefix, so they never collide with the engine's
-families (engines export `process_*` and `python_*` too). The families are declared as data (`FAMILIES`): name,
-type, help, labels and, for histograms, buckets.
+They live in a registry of their own (runtime/metrics/registry.py), named with the metrics prefix, so they never
+collide with the engine's families (engines export `process_*` and `python_*` too). The families are declared as
+data (`FAMILIES`): name, type, help, labels and, for histograms, buckets. The KV-event relay adds its own families
+to the same registry when it runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.exposition import generate_latest
-
 from runtime import __version__
+from runtime.metrics.process_metrics import ProcessMetrics
+from runtime.metrics.registry import Counter, Gauge, Histogram, Registry
 
 DOWNLOAD_SOURCES = ("hf", "ms", "s3", "tos", "obs", "gs", "az", "local", "https")
 LORA_OPERATIONS = ("load", "reload", "unload")
@@ -72,8 +71,6 @@ FAMILIES: dict[str, tuple[type[Any], str, str, tuple[str, ...], tuple[float, ...
     ),
 }  # fmt: skip
 
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-
 
 class SidecarMetrics:
     """Counters and gauges about scraping the engine, downloads and adapters, plus the process's resource use."""
@@ -93,7 +90,7 @@ class SidecarMetrics:
     lora_operation_duration: Histogram
 
     def __init__(self, prefix: str, engine: str, pod: str = "", model: str = "") -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         for attribute, (kind, name, help_text, labels, buckets) in FAMILIES.items():
             options: dict[str, Any] = {"registry": self.registry}
             if buckets is not None:
@@ -110,7 +107,8 @@ class SidecarMetrics:
             for result in ("ok", "error"):
                 self.lora_operations.labels(operation, result)
         self.sidecar_info.labels(__version__, engine, pod, model).set(1)
-        ProcessCollector(namespace=prefix + "_sidecar", registry=self.registry)
+        process = ProcessMetrics(prefix + "_sidecar")
+        self.registry.register(process, process.names)
 
     def set_engine_info(self, engine: str, version: str) -> None:
         """`engine_info{engine,version} 1` for the engine beside the sidecar (one series: the old one is removed)."""
@@ -118,4 +116,4 @@ class SidecarMetrics:
         self.engine_info.labels(engine, version).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()

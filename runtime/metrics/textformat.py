@@ -124,6 +124,11 @@ def without_label(body: bytes, labels: bytes | None, pair: bytes) -> bytes | Non
     return b"{" + b",".join(kept) + b"}" + rest if kept else rest
 
 
+def divides_value(out_suffix: bytes) -> bool:
+    """Whether a unit conversion divides the value of a sample with this suffix (not bucket counts or `_count`)."""
+    return out_suffix not in (b"_bucket", b"_count")
+
+
 def converted(body: bytes, out_suffix: bytes, divide_by: float) -> bytes:
     """Unit conversion of one sample: `le` of buckets, the value of sums, counters, gauges and quantiles."""
     parts = BODY_RE.match(body)
@@ -133,14 +138,14 @@ def converted(body: bytes, out_suffix: bytes, divide_by: float) -> bytes:
     if out_suffix == b"_bucket":
         if labels is None:
             return body
-        labels = LE_RE.sub(lambda m: m.group(1) + _divided(m.group(2), divide_by) + m.group(3), labels)
+        labels = LE_RE.sub(lambda m: m.group(1) + divided_value(m.group(2), divide_by) + m.group(3), labels)
         return labels + gap + value + tail
-    if out_suffix == b"_count":
+    if not divides_value(out_suffix):
         return body
-    return (labels or b"") + gap + _divided(value, divide_by) + tail
+    return (labels or b"") + gap + divided_value(value, divide_by) + tail
 
 
-def _divided(text: bytes, divide_by: float) -> bytes:
+def divided_value(text: bytes, divide_by: float) -> bytes:
     try:
         number = float(text)
     except ValueError:

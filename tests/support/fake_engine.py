@@ -12,7 +12,10 @@ As a separate process (keeps the engine off the load generator's GIL)::
     python -m tests.support.fake_engine --port 8001 --payload-file tests/fixtures/vllm-0.32.0-metrics.txt
     curl -X POST 'http://127.0.0.1:8001/_control?mode=error500'     # or mode=slow&delay=2
 
-`FakeEngineProcess` wraps that command as a context manager with the same `url`/`set_mode` API.
+`FakeEngineProcess` wraps that command as a context manager with the same `url`/`set_mode` API. With
+``--vary-values`` (``FakeEngineProcess(..., vary_values=True)``) each answer carries new sample values, as a busy
+engine's would: the payload with every finite value raised by a step per line, from a rotation of
+``VARIANTS`` versions made at start (so the engine's own cost per answer stays the same).
 
 Modes (they apply to /metrics; /health follows `refuse`, `slow` and `error500` only):
 
@@ -37,7 +40,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -88,6 +93,32 @@ vllm:e2e_request_latency_seconds_sum{engine="0",model_name="tiny"} 6.5
 """
 
 
+VARIANTS = 64
+_SAMPLE_VALUE_RE = re.compile(rb"^([^#\n][^\n]*) ([0-9.eE+-]+)$", re.MULTILINE)
+
+
+def varied_payloads(payload: bytes, count: int = VARIANTS) -> list[bytes]:
+    """`count` versions of `payload`, version k with each finite sample value raised by k times a per-line step."""
+
+    def version(k: int) -> bytes:
+        index = 0
+
+        def bump(match: re.Match[bytes]) -> bytes:
+            nonlocal index
+            index += 1
+            try:
+                value = float(match[2])
+            except ValueError:
+                return match[0]
+            if not math.isfinite(value):
+                return match[0]
+            return b"%s %s" % (match[1], repr(value + k * (index % 7 + 1) * 0.5).encode())
+
+        return _SAMPLE_VALUE_RE.sub(bump, payload)
+
+    return [version(k) for k in range(count)]
+
+
 def vllm_payload() -> bytes:
     """The recorded vLLM exposition (`VLLM_FIXTURE`) if that file exists, else `MINIMAL_VLLM_PAYLOAD`."""
     return VLLM_FIXTURE.read_bytes() if VLLM_FIXTURE.is_file() else MINIMAL_VLLM_PAYLOAD
@@ -96,8 +127,10 @@ def vllm_payload() -> bytes:
 class _EngineApp:
     """The aiohttp side; every method runs on the engine's own loop."""
 
-    def __init__(self, payload: bytes, port: int, control: bool) -> None:
+    def __init__(self, payload: bytes, port: int, control: bool, vary_values: bool = False) -> None:
         self.payload = payload
+        self._variants = varied_payloads(payload) if vary_values else [payload]
+        self._answers = 0
         self.port = port
         self.mode: str = "ok"
         self.delay = 1.0
@@ -182,7 +215,9 @@ class _EngineApp:
             if request.transport is not None:
                 request.transport.close()
             return response
-        return web.Response(body=self.payload, headers={"Content-Type": METRICS_CONTENT_TYPE})
+        self._answers += 1
+        body = self._variants[self._answers % len(self._variants)]
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _misbehave(self, request: web.Request, mode: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -287,7 +322,7 @@ class FakeEngineProcess:
     `set_mode` goes through ``POST /_control``, so it cannot leave ``refuse`` (the port is closed then).
     """
 
-    def __init__(self, payload_file: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, payload_file: Path | None = None, port: int | None = None, vary_values: bool = False) -> None:
         from tests.support.sidecar import REPO_ROOT, free_port
 
         self.port = port or free_port()
@@ -295,6 +330,8 @@ class FakeEngineProcess:
         self._command = [sys.executable, "-m", "tests.support.fake_engine", "--port", str(self.port)]
         if payload_file is not None:
             self._command += ["--payload-file", str(payload_file)]
+        if vary_values:
+            self._command.append("--vary-values")
         self._cwd = REPO_ROOT
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -356,11 +393,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--payload-file", type=Path, help="default: the vLLM fixture, else a minimal payload")
     parser.add_argument("--mode", choices=MODES, default="ok")
     parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument("--vary-values", action="store_true", help="new sample values in every answer")
     args = parser.parse_args(argv)
     payload = args.payload_file.read_bytes() if args.payload_file else vllm_payload()
 
     async def serve() -> None:
-        engine = _EngineApp(payload, args.port, control=True)
+        engine = _EngineApp(payload, args.port, control=True, vary_values=args.vary_values)
         await engine.start()
         await engine.set_mode(args.mode, args.delay, None)
         try:

@@ -15,13 +15,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
 from runtime.kv_events.relay import Relay
 from runtime.kv_events.resp import RedisError, RespConnection
 from runtime.kv_events.settings import KvEventsFlags, KvEventsSettings, RedisTarget, build_settings
+from runtime.metrics.registry import Registry
 from tests.peers.processes import pick_port_base
 from tests.peers.redis_server import HangingServer, RedisPeer
+from tests.support.exposition import sample_values
 from tests.support.kv_events import (
     FIXTURES,
     Frame,
@@ -53,7 +54,7 @@ def relay_settings(redis: RedisPeer, endpoint: str, replay: str | None, **flags:
 
 @asynccontextmanager
 async def running(settings: KvEventsSettings) -> AsyncIterator[Relay]:
-    relay = Relay(settings, CollectorRegistry(), "airuntime")
+    relay = Relay(settings, Registry(), "airuntime")
     relay.start()
     try:
         yield relay
@@ -70,8 +71,8 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0
 
 
 def metric(relay: Relay, name: str, **labels: str) -> float:
-    value = relay.registry.get_sample_value(f"airuntime:kv_events_{name}", labels)
-    return 0.0 if value is None else float(value)
+    key = (f"airuntime:kv_events_{name}", tuple(sorted(labels.items())))
+    return sample_values(relay.registry.render()).get(key, 0.0)
 
 
 def claims(redis: RedisPeer) -> set[tuple[str, int]]:

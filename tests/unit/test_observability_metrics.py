@@ -17,6 +17,7 @@ from deploy.observability.rules import RuleSettings, rule_groups
 from runtime.cli import compile_rules
 from runtime.metrics.rewriter import MetricsRewriter
 from runtime.metrics.self_metrics import SidecarMetrics
+from tests.support.exposition import families_of
 from tests.support.fake_engine import FIXTURES
 from tests.support.observability import dashboard_queries, names_in, panels, rules, substitute, variable_queries
 
@@ -51,10 +52,10 @@ def engine_names(engine: str, fixture: str, prefix: str) -> frozenset[str]:
 @cache
 def sidecar_names(prefix: str) -> frozenset[str]:
     """Sample names the sidecar's own registry can serve (labelled families included before their first child)."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("",)}
-    names = set()
-    for family in SidecarMetrics(prefix, "vllm").registry.collect():
-        names.update(family.name + suffix for suffix in suffixes[family.type])
+    suffixes = {"counter": ("",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names: set[str] = set()
+    for family, kind in families_of(SidecarMetrics(prefix, "vllm").render()).items():
+        names.update(family + suffix for suffix in suffixes[kind])
     return frozenset(names)
 
 

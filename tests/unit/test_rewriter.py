@@ -306,6 +306,30 @@ def test_unit_conversion_rescales_le_and_sum_never_rebuckets() -> None:
     assert b"# TYPE airuntime:request_duration_seconds_total counter\n" in out
 
 
+def test_unit_converted_copies_are_replayed_with_new_values() -> None:
+    """The second scrape has only new values: the cache replays the last shape (runtime/metrics/replay.py), dividing
+    converted values again (sums and counters, not bucket counts or `_count`), and writes what a cold rewrite does."""
+    rules = build_ruleset("trtllm")
+    cache = RewriteCache()
+    first = MetricsRewriter(rules, cache=cache)
+    first.feed(TRITON_TTFT)
+    first.finish()
+    shape = cache.shape
+    assert shape is not None
+    later = (
+        TRITON_TTFT.replace(b"} 1234.5", b"} 2000").replace(b"} 2500001", b"} 3e6").replace(b'"+Inf"} 3', b'"+Inf"} 4')
+    )
+    warm = MetricsRewriter(rules, cache=cache)
+    warm.feed(later)
+    warm.finish()
+    assert cache.shape is shape
+    out = warm.take_bytes()
+    assert out == rewrite(later, rules=rules)
+    assert b'airuntime:first_response_seconds_sum{model="ensemble",version="1"} 2.0\n' in out
+    assert b'airuntime:first_response_seconds_bucket{model="ensemble",version="1",le="+Inf"} 4\n' in out
+    assert b'airuntime:request_duration_seconds_total{model="ensemble",version="1"} 3.0\n' in out
+
+
 def test_auto_rules_recognise_the_engine_from_its_families() -> None:
     auto = build_ruleset("auto")
     for payload, engine in ((COUNTER, "vllm"), (TRITON_TTFT, "trtllm")):

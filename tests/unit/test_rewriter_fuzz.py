@@ -13,6 +13,7 @@ Profiles: `ci` (default; derandomized, so CI runs the same examples every time) 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +26,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.metrics.rewriter import RewriteCache
-from tests.fuzz.invariants import RULES, check_rewrite, input_lines
+from tests.fuzz.invariants import RULES, check_rewrite, input_lines, rewrite_chunked
+from tests.support.fake_engine import FIXTURES
 from tests.support.promtool import require_promtool, run_promtool
 from tests.support.rewrite import rewrite_bytes
 
@@ -318,6 +320,74 @@ def test_valid_expositions_keep_every_line_and_get_every_unified_family(generate
         if source.plain:
             target = source.target.removesuffix("_total") if source.kind == "counter" else source.target
             assert target in targets, f"no unified family {source.target} for {source.name}"
+
+
+# Values a next scrape may bring: the safe form a shape replays, and every form it must not (overflow, garbage,
+# a timestamp or an exemplar after the value, nothing at all).
+_NEXT_VALUES = [b"0", b"1", b"42.5", b"-2.5e-3", b".5", b"1e+99", b"NaN", b"+Inf", b"-Inf", b"1e999", b"abc", b""]
+_NEXT_VALUES += [b"1 1700000000", b'7 # {a="b"} 1', b"1" * 201, b"\xff", b"2\r"]
+
+
+@st.composite
+def next_scrape(draw: st.DrawFn, payload: bytes) -> bytes:
+    """`payload` as the engine's next answer: mostly new values, sometimes a line more, less or changed."""
+    lines = payload.split(b"\n")
+    for i, line in enumerate(lines):
+        cut = line.rfind(b" ")
+        if cut > 0 and not line.startswith(b"#") and draw(st.integers(0, 3)):
+            lines[i] = line[: cut + 1] + draw(
+                st.sampled_from(_NEXT_VALUES[:7] if draw(st.integers(0, 4)) else _NEXT_VALUES)
+            )
+    if lines and draw(st.integers(0, 3)) == 0:
+        i = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["drop", "dup", "blank", "crlf", "rename"]))
+        if action == "drop":
+            del lines[i]
+        elif action == "dup":
+            lines.insert(i, lines[i])
+        elif action == "blank":
+            lines.insert(i, b"")
+        elif action == "crlf":
+            lines[i] += b"\r"
+        else:
+            lines[i] = lines[i].replace(b"vllm", b"vlm", 1)
+    return b"\n".join(lines)
+
+
+@PROFILE
+@given(data=st.data(), generated=st.one_of(almost_valid(), almost_valid(corrupt=False)), keep_raw=st.booleans())
+@example(data=None, generated=(b"# TYPE a gauge\na 1\n", []), keep_raw=True)
+def test_a_scrape_replayed_from_the_last_shape_is_a_cold_rewrite(
+    data: st.DataObject | None, generated: tuple[bytes, list[Source]], keep_raw: bool
+) -> None:
+    """The scraper's cache replays the last scrape's shape (runtime/metrics/replay.py) when only values changed: over a
+    series of scrapes, each output and count must be what a rewriter without any cache writes for the same input."""
+    payload, _ = generated
+    cache = RewriteCache()
+    for _ in range(4):
+        cuts = data.draw(cuts_for(len(payload)), label="cuts") if data is not None else [5]
+        warm = rewrite_chunked(payload, cuts, RULES, keep_raw, cache)
+        assert warm == rewrite_chunked(payload, (), RULES, keep_raw), payload
+        if data is None:
+            payload = payload.replace(b"a 1", b"a 2")
+            continue
+        payload = data.draw(next_scrape(payload), label="next")
+
+
+def test_the_shape_is_replayed_when_only_values_change() -> None:
+    """Not only correct but used: the second scrape of a recorded exposition with new values is a replay."""
+    payload = (FIXTURES / "vllm-0.32.0-metrics.txt").read_bytes()
+    cache = RewriteCache()
+    rewrite_chunked(payload, (), RULES, True, cache)
+    shape = cache.shape
+    assert shape is not None
+    changed = re.sub(rb"^([^#].*) ([0-9.e+-]+)$", lambda m: b"%s %d" % (m[1], len(m[2]) * 7), payload, flags=re.M)
+    assert changed != payload
+    warm = rewrite_chunked(changed, (), RULES, True, cache)
+    assert cache.shape is shape  # replayed, not rebuilt
+    assert warm == rewrite_chunked(changed, (), RULES, True)
+    rewrite_chunked(changed + b"vllm:num_requests_running 1 1700000000\n", (), RULES, True, cache)
+    assert cache.shape is not shape  # a line more: rewritten line by line and a new shape made
 
 
 def test_a_megabyte_of_digits_is_rejected_in_linear_time() -> None:
