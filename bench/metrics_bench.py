@@ -413,6 +413,8 @@ def airuntime_argv(engine: str, engine_url: str, port: int) -> list[str]:
         engine,
         "--engine-url",
         engine_url,
+        "--engine-metrics-path",
+        "/metrics",  # the fake engine's, whatever the engine's table says (trtllm-serve: /prometheus/metrics)
         "--host",
         HOST,
         "--port",

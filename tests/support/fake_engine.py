@@ -129,7 +129,7 @@ class _EngineApp:
 
     def __init__(self, payload: bytes, port: int, control: bool, vary_values: bool = False) -> None:
         self.payload = payload
-        self._variants = varied_payloads(payload) if vary_values else [payload]
+        self._variants = varied_payloads(payload) if vary_values else None  # else `payload`, which tests may swap
         self._answers = 0
         self.port = port
         self.mode: str = "ok"
@@ -215,8 +215,10 @@ class _EngineApp:
             if request.transport is not None:
                 request.transport.close()
             return response
-        self._answers += 1
-        body = self._variants[self._answers % len(self._variants)]
+        body = self.payload
+        if self._variants is not None:
+            self._answers += 1
+            body = self._variants[self._answers % len(self._variants)]
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _misbehave(self, request: web.Request, mode: str) -> web.StreamResponse:
