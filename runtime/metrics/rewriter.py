@@ -105,7 +105,9 @@ class RewriteCache:
     `samples` maps the text of a sample line before its value (`name{labels}`) to its name, labels and label flags,
     so a line seen before is validated by checking only its value; `families` maps (name, kind) to the family's
     sample names and rules; `comments` holds parsed HELP/TYPE lines. All are bounded: cleared when they outgrow
-    `limit` entries. `shape` is the last scrape's shape, replayed when the next input fits it.
+    `limit` entries. `shape` is the last scrape's shape, replayed when the next input fits it; after two misses
+    in a row (an engine that stamps its samples with the time, say), no shape is made for 4, 8, ... up to 64
+    scrapes, so an input that never fits costs little more than the state machine alone.
     """
 
     def __init__(self, limit: int = 100_000) -> None:
@@ -113,6 +115,8 @@ class RewriteCache:
         self.comments: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
         self.families: dict[tuple[bytes, bytes], tuple[dict[bytes, bytes | None], list[SourceRule]]] = {}
         self.shape: Shape | None = None  # the last scrape's shape (runtime/metrics/replay.py)
+        self.misses = 0  # scrapes in a row that did not fit the shape made just before them
+        self.rest = 0  # scrapes still to go without making a shape (an engine whose answers never fit)
         self.limit = limit
 
     def trim(self) -> None:
@@ -183,6 +187,7 @@ class MetricsRewriter:
             self._chunks = []
             replayed = shape.apply(body)
             if replayed is not None:
+                self._cache.misses = 0
                 self._body = replayed
                 counts = shape.counts
                 self.sample_lines = counts.sample_lines
@@ -191,6 +196,9 @@ class MetricsRewriter:
                 self.families_by_engine = Counter(counts.families_by_engine)
                 return
             self._cache.shape = None
+            self._cache.misses += 1
+            if self._cache.misses >= 2:
+                self._cache.rest = 2 ** min(self._cache.misses, 6)
             self._feed_lines(body)  # line by line after all; the output is the same however the input is chunked
         if self._partial:
             block = b"".join(self._partial)
@@ -203,8 +211,12 @@ class MetricsRewriter:
             if held is not None:
                 self._emit_copy(target, held)
         self._cache.trim()
-        counts = Counts(self.sample_lines, self.invalid_lines, self.omitted_lines, Counter(self.families_by_engine))
-        self._cache.shape = self._recorder.shape([*self._recorder.taken, *self._out], counts)
+        cache = self._cache
+        if cache.rest > 0:
+            cache.rest -= 1
+        else:
+            counts = Counts(self.sample_lines, self.invalid_lines, self.omitted_lines, Counter(self.families_by_engine))
+            cache.shape = self._recorder.shape([*self._recorder.taken, *self._out], counts)
         self._recorder = ShapeRecorder()
 
     def take(self) -> list[bytes]:

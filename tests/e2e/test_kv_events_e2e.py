@@ -43,7 +43,10 @@ def redis() -> Iterator[RedisPeer]:
         yield peer
 
 
-def eventually(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+def eventually(
+    check: Callable[[], object], what: str, timeout: float = 30.0, detail: Callable[[], str] | None = None
+) -> None:
+    """Wait for `check()` to be True; on timeout fail with its last answer and `detail()` (e.g. the sidecar's log)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -51,7 +54,8 @@ def eventually(check: Callable[[], object], what: str, timeout: float = 30.0) ->
         if last is True:
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
+    more = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out waiting for {what}: {last}{more}")
 
 
 def relay_metric(sidecar: SidecarProcess, name: str, **labels: str) -> float:
@@ -59,6 +63,17 @@ def relay_metric(sidecar: SidecarProcess, name: str, **labels: str) -> float:
     assert status == 200
     key = (f"airuntime:kv_events_{name}", tuple(sorted(labels.items())))
     return sample_values(body).get(key, 0.0)
+
+
+def relay_summary(sidecar: SidecarProcess) -> str:
+    """The relay's own counters, for a failure message."""
+    _status, body = vllm_cpu.http_json("GET", f"{sidecar.url}/metrics")
+    values = sample_values(body)
+    return "relay: " + ", ".join(
+        f"{name.removeprefix('airuntime:kv_events_')}{dict(labels) or ''}={value:g}"
+        for (name, labels), value in sorted(values.items())
+        if name.startswith("airuntime:kv_events_") and value and not name.endswith(("_bucket", "_sum"))
+    )
 
 
 def tokens_of(peer: vllm_cpu.VllmPeer, prompt: str) -> list[int]:
@@ -118,6 +133,18 @@ def test_real_vllm_kv_events_reach_redis_as_kthenas_router_reads_them(
     with sidecar_process(args, env) as sidecar:
         eventually(lambda: relay_metric(sidecar, "full_syncs_total") >= 1, "the first sync")
         eventually(in_sync, "Redis to hold the history the session's other tests made")
+        # vLLM's PUB socket connects to ours: what it publishes before that connection (and the subscription on
+        # it) is up is dropped by ZeroMQ, and a gap is only seen at the next batch. Requests until a batch arrives
+        # live, so the checks below start on a working stream (60 s at most, else a failure with the sidecar's log).
+        before = relay_metric(sidecar, "batches_total", rank="0")
+        warm_ups = iter(range(1_000))
+
+        def live() -> bool:
+            filler = "The quick brown fox jumps over the lazy dog. " * 10  # > 2 full blocks of 32 tokens: events
+            vllm_cpu.complete(vllm_peer.base_url, MODEL, f"Warm-up request {next(warm_ups)}. {filler}")
+            return relay_metric(sidecar, "batches_total", rank="0") > before
+
+        eventually(live, "a live batch of KV events from vLLM", timeout=60, detail=lambda: sidecar.output()[-3000:])
 
         # A shared prefix: every full block of each prompt is owned by this pod, as the router scores it.
         prompts = [vllm_cpu.SHARED_PREFIX + question for question in QUESTIONS]
@@ -126,7 +153,11 @@ def test_real_vllm_kv_events_reach_redis_as_kthenas_router_reads_them(
         for prompt in prompts:
             hashes = router_block_hashes(tokens_of(vllm_peer, prompt), vllm_cpu.KV_BLOCK_SIZE)
             assert len(hashes) >= 4
-            eventually(lambda h=hashes: router_score(redis, MODEL, h) == len(h), "the prompt's blocks owned")
+            eventually(
+                lambda h=hashes: router_score(redis, MODEL, h) == len(h),
+                "the prompt's blocks owned",
+                detail=lambda: relay_summary(sidecar) + "\n" + sidecar.output()[-3000:],
+            )
         eventually(in_sync, "Redis after the shared-prefix requests")
         assert relay_metric(sidecar, "replays_total", result="complete") >= 1
 

@@ -330,6 +330,30 @@ def test_unit_converted_copies_are_replayed_with_new_values() -> None:
     assert b'airuntime:request_duration_seconds_total{model="ensemble",version="1"} 3.0\n' in out
 
 
+def test_an_engine_whose_answers_never_fit_the_last_shape_stops_paying_for_shapes() -> None:
+    """A sample stamped with the time changes every answer: each scrape runs the state machine, and shapes are made
+    ever more rarely (not on every scrape); once the answers settle, replaying resumes."""
+    cache = RewriteCache()
+    made = 0
+    for scrape in range(100):
+        payload = COUNTER + b"vllm:num_requests_running 1 %d\n" % (1_700_000_000_000 + scrape)
+        warm = MetricsRewriter(VLLM, cache=cache)
+        warm.feed(payload)
+        warm.finish()
+        assert warm.take_bytes() == rewrite(payload)
+        made += cache.shape is not None
+    assert 3 <= made <= 8, made
+    replayed = 0
+    for _ in range(70):
+        shape = cache.shape
+        warm = MetricsRewriter(VLLM, cache=cache)
+        warm.feed(COUNTER)
+        warm.finish()
+        assert warm.take_bytes() == rewrite(COUNTER)
+        replayed += shape is not None and cache.shape is shape
+    assert replayed >= 2, replayed
+
+
 def test_auto_rules_recognise_the_engine_from_its_families() -> None:
     auto = build_ruleset("auto")
     for payload, engine in ((COUNTER, "vllm"), (TRITON_TTFT, "trtllm")):
