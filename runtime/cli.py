@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -25,7 +25,9 @@ from runtime.config import ServeConfig, canonical_engine
 from runtime.download.cli_args import CliDownload
 from runtime.errors import SidecarError
 from runtime.logs import configure_logging
-from runtime.metrics.rules import RuleSet, build_ruleset, load_rules_file
+
+if TYPE_CHECKING:
+    from runtime.metrics.rules import RuleSet
 
 log = logging.getLogger("airuntime")
 
@@ -33,6 +35,8 @@ METRICS_SETTINGS = ("engine", "metrics_prefix", "metrics_profile", "metrics_rule
 
 
 def compile_rules(engine: str, metrics_prefix: str | None, metrics_profile: str, metrics_rules: str | None) -> RuleSet:
+    from runtime.metrics.rules import build_ruleset, load_rules_file  # not on the download path (aiohttp, ssl)
+
     overrides = load_rules_file(metrics_rules) if metrics_rules else None
     return build_ruleset(canonical_engine(engine), prefix=metrics_prefix, profile=metrics_profile, overrides=overrides)
 

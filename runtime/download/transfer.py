@@ -4,7 +4,10 @@
   small files are fetched concurrently; one semaphore bounds all of it (`max_workers`). Bytes stream to disk
   through `pwrite` at their offset: memory stays bounded.
 - A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
-  or git blob id when the source gives one) and only then renamed to its final name.
+  or git blob id when the source gives one) and only then renamed to its final name. The checksum is computed while
+  the parts are written (digest.py), not by reading the file again afterwards.
+- Backends with a blocking reader (object stores) copy each part from a thread of its own (part_thread.py): half
+  the CPU of the asyncio path and one chunk in memory per part.
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
   done for which remote version; a transient failure inside a part is retried from the byte where it stopped.
 - The manifest makes a re-run skip finished files; `force` fetches everything again.
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import random
@@ -36,10 +38,13 @@ from pathlib import Path
 import orjson
 
 from runtime.download.backends.base import Backend, Chunk, RemoteFile
+from runtime.download.digest import ContentDigest, expected_checksum, new_hash
 from runtime.download.layout import final_path, partial_path, partials_of, record_path, write_atomically
 from runtime.download.lease import RunLease, same_file
 from runtime.download.lock import DirectoryLock
 from runtime.download.manifest import Manifest
+from runtime.download.part_thread import PartCursor, copy_in_thread
+from runtime.download.writeback import start_writeback
 from runtime.errors import DownloadError, RetryableError
 
 log = logging.getLogger("airuntime.download")
@@ -316,26 +321,43 @@ class _Transfer:
         except OSError as exc:
             raise disk_error(exc, partial) from None
         state = _PartState(state_path, remote, self._part_size(remote), done) if len(parts) > 1 else None
+        digest: ContentDigest | None = None
         try:
             os.ftruncate(fd, remote.size)
-            await self._fill(remote, fd, parts, done, state)
+            digest = ContentDigest.for_remote(remote, fd)
+            if digest is not None:
+                for index in done:
+                    digest.record(*parts[index])
+            await self._fill(remote, fd, parts, done, state, digest)
             await asyncio.to_thread(os.fsync, fd)
             if not await asyncio.to_thread(same_file, fd, partial):
                 raise _TakenOver()
         except _TakenOver:
             os.close(fd)
+            if digest is not None:
+                digest.close()
             raise
-        except Exception as failures:  # a TaskGroup's ExceptionGroup, or a plain error around it
+        except BaseException as failures:  # a TaskGroup's ExceptionGroup, a plain error around it, a cancellation
             os.close(fd)
+            if digest is not None:
+                digest.close()
+            if not isinstance(failures, Exception):
+                raise
             if not (state is not None and state.done):  # nothing a re-run could resume: do not leave it behind
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
             raise _as_download_error(failures, partial) from None
         os.close(fd)
-        await self._verify_and_place(remote, partial, state_path, final)
+        await self._verify_and_place(remote, partial, state_path, final, digest)
 
     async def _fill(
-        self, remote: RemoteFile, fd: int, parts: list[tuple[int, int]], done: set[int], state: _PartState | None
+        self,
+        remote: RemoteFile,
+        fd: int,
+        parts: list[tuple[int, int]],
+        done: set[int],
+        state: _PartState | None,
+        digest: ContentDigest | None,
     ) -> None:
         """Every part not done yet into `fd`: copied inside the kernel from a local source, else fetched."""
         place = getattr(self._backend, "place_file", None)
@@ -345,10 +367,12 @@ class _Transfer:
         async with asyncio.TaskGroup() as group:
             for index, (start, end) in enumerate(parts):
                 if index not in done:
-                    group.create_task(self._fetch_part(remote, fd, index, start, end, state))
+                    group.create_task(self._fetch_part(remote, fd, index, start, end, state, digest))
 
-    async def _verify_and_place(self, remote: RemoteFile, partial: Path, state_path: Path, final: Path) -> None:
-        problem = await asyncio.to_thread(_verify, partial, remote)
+    async def _verify_and_place(
+        self, remote: RemoteFile, partial: Path, state_path: Path, final: Path, digest: ContentDigest | None
+    ) -> None:
+        problem = await asyncio.to_thread(_verify_written, partial, remote, digest)
         if problem is not None:
             partial.unlink(missing_ok=True)
             state_path.unlink(missing_ok=True)
@@ -373,25 +397,41 @@ class _Transfer:
             await asyncio.to_thread(self._manifest.write, data)
 
     async def _fetch_part(
-        self, remote: RemoteFile, fd: int, index: int, start: int, end: int, state: _PartState | None
+        self,
+        remote: RemoteFile,
+        fd: int,
+        index: int,
+        start: int,
+        end: int,
+        state: _PartState | None,
+        digest: ContentDigest | None,
     ) -> None:
         offset = start
         failures = 0
+        blocking = getattr(self._backend, "read_range_blocking", None)
         async with self._slots:
             while offset < end:
                 pending = _Pending()
                 try:
-                    async for chunk in self._backend.read_range(remote, offset, end):
-                        pending.add(chunk)
-                        if pending.size >= WRITE_CHUNK:
-                            offset = await self._write(fd, pending, offset, end, remote)
-                    if pending.size:
-                        offset = await self._write(fd, pending, offset, end, remote)
+                    if blocking is not None:
+                        cursor = PartCursor(offset)
+                        try:
+                            reader = blocking(remote, offset, end)
+                            await copy_in_thread(reader, fd, cursor, end, self._progress.add_bytes, digest, remote.path)
+                        finally:
+                            offset = cursor.offset
+                    else:
+                        async for chunk in self._backend.read_range(remote, offset, end):
+                            pending.add(chunk)
+                            if pending.size >= WRITE_CHUNK:
+                                offset = await self._write(fd, pending, offset, end, remote, digest)
+                        if pending.size:
+                            offset = await self._write(fd, pending, offset, end, remote, digest)
                     if offset != end:
                         raise RetryableError(f"the source sent {offset - start} of {end - start} bytes")
                 except RetryableError as exc:
                     if pending.size:
-                        offset = await self._write(fd, pending, offset, end, remote)
+                        offset = await self._write(fd, pending, offset, end, remote, digest)
                     failures += 1
                     if failures > self._settings.retries:
                         raise DownloadError(f"{exc} (gave up after {failures} attempts)", reason=exc.reason) from None
@@ -415,11 +455,13 @@ class _Transfer:
             delay = max(delay, min(exc.retry_after, settings.retry_after_cap))
         return delay
 
-    async def _write(self, fd: int, pending: _Pending, offset: int, end: int, remote: RemoteFile) -> int:
+    async def _write(
+        self, fd: int, pending: _Pending, offset: int, end: int, remote: RemoteFile, digest: ContentDigest | None
+    ) -> int:
         size = pending.size
         if offset + size > end:
             raise DownloadError(f"{remote.path}: the source sent more bytes than asked for", reason="size")
-        await asyncio.to_thread(_pwrite_all, fd, pending.take(), offset)
+        await asyncio.to_thread(_write_and_feed, fd, pending.take(), offset, digest)
         self._progress.add_bytes(size)
         return offset + size
 
@@ -440,9 +482,17 @@ class _Pending:
         return chunks
 
 
-def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> None:
-    """Write every chunk at `offset`, looping over short writes."""
+def _write_and_feed(fd: int, chunks: list[Chunk], offset: int, digest: ContentDigest | None) -> None:
+    written = _pwrite_all(fd, chunks, offset)
+    start_writeback(fd, offset, written)
+    if digest is not None:
+        digest.written(offset, chunks)
+
+
+def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> int:
+    """Write every chunk at `offset`, looping over short writes; returns the bytes written."""
     views = [memoryview(chunk).cast("B") for chunk in chunks]
+    total = sum(view.nbytes for view in views)
     while views:
         written = os.pwritev(fd, views[:IOV_MAX], offset)
         offset += written
@@ -451,6 +501,7 @@ def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> None:
             views.pop(0)
         if written:
             views[0] = views[0][written:]
+    return total
 
 
 class _ChecksumMismatch(Exception):
@@ -555,24 +606,31 @@ def _has_checksum(remote: RemoteFile) -> bool:
     return bool(remote.sha256 or remote.md5 or remote.git_sha1)
 
 
+def _verify_written(path: Path, remote: RemoteFile, digest: ContentDigest | None) -> str | None:
+    """None when the file just written has the remote's size and (when known) checksum, else what is wrong."""
+    size = path.stat().st_size
+    if size != remote.size:
+        if digest is not None:
+            digest.close()
+        return f"size {size} on disk, {remote.size} at the source"
+    return digest.finish() if digest is not None else None
+
+
 def _verify(path: Path, remote: RemoteFile) -> str | None:
-    """None when `path` has the remote's size and (when known) checksum, else what is wrong."""
+    """None when `path` (a file found on disk) has the remote's size and (when known) checksum, else what is wrong."""
     size = path.stat().st_size
     if size != remote.size:
         return f"size {size} on disk, {remote.size} at the source"
-    if remote.sha256:
-        digest, expected, kind = hashlib.sha256(), remote.sha256, "sha256"
-    elif remote.md5:
-        digest, expected, kind = hashlib.md5(usedforsecurity=False), remote.md5, "md5"
-    elif remote.git_sha1:
-        digest, expected, kind = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False), remote.git_sha1, "git sha1"
-    else:
+    checksum = expected_checksum(remote)
+    if checksum is None:
         return None
+    kind, expected = checksum
+    digest = new_hash(kind, size)
     with open(path, "rb") as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     actual = digest.hexdigest()
-    if actual != expected.lower():
+    if actual != expected:
         return f"{kind} {actual} on disk, {expected} at the source"
     return None
 

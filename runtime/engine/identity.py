@@ -14,8 +14,11 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from runtime.engine.client import EngineClient
+if TYPE_CHECKING:
+    from runtime.engine.client import EngineClient
+
 
 log = logging.getLogger("airuntime.engine")
 

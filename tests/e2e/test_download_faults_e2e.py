@@ -270,6 +270,35 @@ def test_a_5xx_burst_longer_than_the_budget_fails_in_one_line_then_a_rerun_fetch
     assert {r.range for r in gets} >= {f"bytes={2 * MIB}-{3 * MIB - 1}"}
 
 
+# ------------------------------------------------------------------------------------------------ corruption
+
+
+def test_a_byte_corrupted_in_transit_is_caught_and_the_file_fetched_again(source: Source, tmp_path: Path) -> None:
+    # The file's checksum (S3: the single-part MD5 ETag; Hub: the LFS sha256) is computed while the parts arrive,
+    # out of order: one inverted byte in the fourth of seven parts is caught before the file is renamed.
+    flipped = source.proxy.add_fault(method="GET", path=source.big_path, range_start=3 * MIB, flip_byte_at=12345)
+    result = source.cli(tmp_path, "--part-size-mib", "1", "--max-workers", "4")
+    assert_ok(result)
+    assert_model(tmp_path)
+    assert flipped.applied == 1
+    gets = [r for r in source.big_gets() if r.status in (200, 206)]
+    assert len(gets) == 14, [r.range for r in gets]  # the whole file twice: a mismatch refetches the file
+
+
+def test_a_file_corrupted_every_time_fails_in_one_line_and_never_lands(source: Source, tmp_path: Path) -> None:
+    source.proxy.add_fault(method="GET", path=source.big_path, range_start=0, flip_byte_at=0, times=None)
+    failed = source.cli(tmp_path, "--part-size-mib", "1", "--max-workers", "4")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert_no_secret(failed)
+    warning, error = failed.stderr.strip().splitlines()  # the first mismatch is retried, the second is final
+    assert warning == "checksum mismatch; fetching the file again", warning
+    line = error.removeprefix("airuntime: error: ")
+    kind = "md5" if source.kind == "s3" else "sha256"
+    assert f"{BIG}: {kind} " in line and "on disk" in line and "at the source" in line, line
+    assert BIG not in final_files(tmp_path)
+    assert not partials(tmp_path, BIG)  # a mismatching file is not resumable: nothing of it stays
+
+
 # ------------------------------------------------------------------------------------------------ throttling
 
 

@@ -11,6 +11,7 @@ case including Host, Range and Authorization, body) unless a programmed fault ma
         proxy.add_fault(path_prefix="/models/", stall_seconds=5)     # before answering
         proxy.add_fault(method="GET", stall_seconds=5, stall_after_bytes=4096)  # mid-body
         proxy.add_fault(path="/models/big.bin", range_start=1 << 20, status=503, times=None)  # one ranged part
+        proxy.add_fault(method="GET", path="/models/big.bin", flip_byte_at=5)  # body byte 5 arrives inverted
         proxy.count("GET", "/models/big.bin")                       # requests seen (faulted ones included)
         proxy.records                                               # one `RequestRecord` per request, in order
 
@@ -19,7 +20,8 @@ Faults are checked in the order they were added; the first one that matches and 
 one `add_fault(..., times=1)`. A status fault answers without contacting the upstream; drop and stall faults forward.
 `drop_after_bytes` sends exactly that many body bytes (the real headers, including the full Content-Length, go
 first) and then closes the connection (FIN after the bytes; `drop_mode="reset"` aborts with an RST instead);
-`drop_after_bytes=0` closes right after the headers. An RST makes both kernels discard the bytes they still hold, so
+`drop_after_bytes=0` closes right after the headers. `flip_byte_at` sends every byte, but the body byte at that
+index (counted from the start of this response's body) with its bits inverted: corruption in transit. An RST makes both kernels discard the bytes they still hold, so
 before a reset the proxy waits (bounded) until its socket's send queue is empty and gives the client a moment to read:
 "sent" then means "reached the client's socket", and what the client loses is only what it had not read yet.
 
@@ -100,6 +102,7 @@ class Fault:
     drop_mode: DropMode = "close"
     stall_seconds: float = 0.0
     stall_after_bytes: int | None = None
+    flip_byte_at: int | None = None
     times: int | None = 1
     applied: int = 0
 
@@ -129,6 +132,8 @@ class Fault:
         if self.stall_seconds:
             where = "before" if self.stall_after_bytes is None else f"after {self.stall_after_bytes} bytes"
             parts.append(f"stall={self.stall_seconds}s {where}")
+        if self.flip_byte_at is not None:
+            parts.append(f"flip_byte_at={self.flip_byte_at}")
         return ",".join(parts) or "none"
 
 
@@ -328,12 +333,18 @@ class _ProxyApp:
     ) -> None:
         drop_at = None if fault is None else fault.drop_after_bytes
         stall_at = None if fault is None or not fault.stall_seconds else fault.stall_after_bytes
+        flip_at = None if fault is None else fault.flip_byte_at
         if drop_at == 0:
             await self._drop(request, fault)
             return
         sent = 0
         async for chunk in upstream.content.iter_chunked(CHUNK):
             piece = chunk
+            if flip_at is not None and sent <= flip_at < sent + len(piece):
+                flipped = bytearray(piece)
+                flipped[flip_at - sent] ^= 0xFF
+                piece = bytes(flipped)
+                flip_at = None
             if stall_at is not None and sent + len(piece) >= stall_at:
                 head, piece = piece[: stall_at - sent], piece[stall_at - sent :]
                 await response.write(head)
@@ -430,11 +441,12 @@ class FaultProxy(ThreadedServer):
         drop_mode: DropMode = "close",
         stall_seconds: float = 0.0,
         stall_after_bytes: int | None = None,
+        flip_byte_at: int | None = None,
         times: int | None = 1,
     ) -> Fault:
         """Program a fault for the next `times` matching requests (None: all of them). Returns it (see `applied`)."""
-        if status is None and drop_after_bytes is None and not stall_seconds:
-            raise ValueError("a fault needs status, drop_after_bytes or stall_seconds")
+        if status is None and drop_after_bytes is None and not stall_seconds and flip_byte_at is None:
+            raise ValueError("a fault needs status, drop_after_bytes, stall_seconds or flip_byte_at")
         fault = Fault(
             method=method,
             path=path,
@@ -448,6 +460,7 @@ class FaultProxy(ThreadedServer):
             drop_mode=drop_mode,
             stall_seconds=stall_seconds,
             stall_after_bytes=stall_after_bytes,
+            flip_byte_at=flip_byte_at,
             times=times,
         )
         with self._state.lock:

@@ -15,7 +15,6 @@ import aiohttp
 
 from runtime.errors import DownloadError, RetryableError
 
-CHUNK = 1024 * 1024
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
 
 
@@ -119,7 +118,7 @@ async def stream_range(
     if total is not None and announced is not None and announced != total:
         raise DownloadError(f"{what}: the source has {announced} bytes, the listing says {total}", reason="size")
     remaining = end - start
-    async for chunk in response.content.iter_chunked(CHUNK):
+    async for chunk in response.content.iter_any():  # as received: no join into fixed-size chunks (a copy)
         if skip:
             if len(chunk) <= skip:
                 skip -= len(chunk)

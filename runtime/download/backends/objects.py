@@ -23,7 +23,7 @@ import asyncio
 import random
 import re
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from runtime.download.backends.base import Chunk, RemoteFile
@@ -35,6 +35,7 @@ from runtime.urls import shown_url
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 STREAM_CHUNK = 256 * 1024
+BLOCKING_CHUNK = 64 * 1024  # obstore copies each chunk into new bytes; smaller network reads are joined first
 DEFAULT_REGIONS = {"s3": "us-east-1", "tos": "cn-beijing", "obs": "cn-north-4"}
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # a bucket name usable as one host name label
 # Domains whose S3 endpoints take virtual-hosted requests (BUCKET.endpoint): AWS, Volcengine TOS, Huawei OBS.
@@ -219,18 +220,31 @@ class ObjectStoreBackend:
             md5=md5_match.group(1).lower() if md5_match else None,
         )
 
+    def _get_options(self, file: RemoteFile, start: int, end: int) -> Any:  # obstore's GetOptions
+        return {"range": (start, end), "if_match": file.etag} if file.etag else {"range": (start, end)}
+
     async def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[Chunk]:
         import obstore
 
         key = self._keys[file.path]
         try:
-            result = await obstore.get_async(
-                self._store,
-                key,
-                options={"range": (start, end), "if_match": file.etag} if file.etag else {"range": (start, end)},
-            )
+            result = await obstore.get_async(self._store, key, options=self._get_options(file, start, end))
             async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
                 yield chunk  # obstore's buffer, written as it is (no copy)
+        except DownloadError:
+            raise
+        except Exception as exc:
+            raise _classified(exc, f"{self._spec.scheme}://{self._spec.location}/{key}", listing=False) from None
+
+    def read_range_blocking(self, file: RemoteFile, start: int, end: int) -> Iterator[Chunk]:
+        """The same bytes through obstore's blocking API, for a thread of its own (the transfer engine's fast
+        path: see runtime/download/part_thread.py). The GIL is released while obstore waits."""
+        import obstore
+
+        key = self._keys[file.path]
+        try:
+            result = obstore.get(self._store, key, options=self._get_options(file, start, end))
+            yield from result.stream(min_chunk_size=BLOCKING_CHUNK)
         except DownloadError:
             raise
         except Exception as exc:
