@@ -6,8 +6,9 @@
 - A file is written under a hidden partial name in its own directory, fsynced, verified (size always; sha256, MD5
   or git blob id when the source gives one) and only then renamed to its final name. The checksum is computed while
   the parts are written (digest.py), not by reading the file again afterwards.
-- Backends with a blocking reader (object stores) copy each part from a thread of its own (part_thread.py): half
-  the CPU of the asyncio path and one chunk in memory per part.
+- Backends with a blocking reader (`read_range_blocking`: object stores, and the Hub and HTTPS when no proxy
+  applies) copy each part from a thread of its own (part_thread.py): about half the CPU of the asyncio path and
+  one chunk in memory per part.
 - An interrupted file resumes: the partial file keeps its bytes and a small JSON beside it records which parts are
   done for which remote version; a transient failure inside a part is retried from the byte where it stopped.
 - The manifest makes a re-run skip finished files; `force` fetches everything again.

@@ -38,3 +38,8 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# Optional, looked up by the transfer engine: `read_range_blocking(file, start, end) -> Iterator[Chunk]`, the same
+# bytes for a thread of its own (no event loop; see runtime/download/part_thread.py). A backend may set it to None
+# when that path does not apply (the HTTP backends do when a proxy is configured).

@@ -1,13 +1,15 @@
-"""One file over HTTPS (`https://host/path/model.gguf`): size and ETag from a HEAD, ranged GETs for the bytes."""
+"""One file over HTTPS (`https://host/path/model.gguf`): size and ETag from a HEAD, ranged GETs for the bytes
+(from a thread each through blocking_http.py, or through aiohttp when a proxy applies)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from runtime.download.backends.base import RemoteFile
+from runtime.download.backends.blocking_http import is_direct, read_range_blocking
 from runtime.download.backends.http_range import connection_error, new_session, read_range, status_error
 from runtime.download.layout import safe_relative_path
 from runtime.errors import DownloadError, RetryableError
@@ -24,6 +26,10 @@ class HttpsBackend:
         if not name:
             raise DownloadError(f"{self._shown}: the URL does not name a file", reason="bad_source", status=400)
         self._name = safe_relative_path(name)
+        # The transfer engine's threaded path (blocking_http.py) unless a proxy applies: then aiohttp's.
+        self.read_range_blocking: Callable[[RemoteFile, int, int], Iterator[memoryview]] | None = (
+            self._read_range_blocking if is_direct(url) else None
+        )
 
     def describe(self) -> str:
         return self._shown
@@ -51,6 +57,9 @@ class HttpsBackend:
 
     def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
         return read_range(self._client(), self._url, self._headers, start, end, self._shown)
+
+    def _read_range_blocking(self, file: RemoteFile, start: int, end: int) -> Iterator[memoryview]:
+        return read_range_blocking(self._url, self._headers, start, end, self._shown)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from runtime.download.backends.base import RemoteFile
+from runtime.download.backends.blocking_http import is_direct, read_range_blocking
 from runtime.download.backends.http_range import new_session, parse_retry_after, read_range, status_text
 from runtime.download.credentials import SourceSettings
 from runtime.download.layout import safe_relative_path
@@ -46,6 +47,10 @@ class HuggingFaceBackend:
         self._token = settings.hf_token
         self._commit: str | None = None
         self._session: aiohttp.ClientSession | None = None
+        # The transfer engine's threaded path (blocking_http.py) unless a proxy applies: then aiohttp's.
+        self.read_range_blocking: Callable[[RemoteFile, int, int], Iterator[memoryview]] | None = (
+            self._read_range_blocking if is_direct(self._endpoint) else None
+        )
 
     def describe(self) -> str:
         return f"hf://{self._repo}@{self._revision}"
@@ -140,12 +145,19 @@ class HuggingFaceBackend:
         failure.reason = "unreachable"
         return failure
 
+    def _file_url(self, file: RemoteFile) -> tuple[str, dict[str, str]]:
+        url = f"{self._endpoint}/{self._repo}/resolve/{self._commit or self._revision}/{quote(file.path)}"
+        return url, {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
     def read_range(self, file: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
         if self._session is None:
             self._session = new_session()
-        url = f"{self._endpoint}/{self._repo}/resolve/{self._commit or self._revision}/{quote(file.path)}"
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        url, headers = self._file_url(file)
         return read_range(self._session, url, headers, start, end, f"{self.describe()}/{file.path}")
+
+    def _read_range_blocking(self, file: RemoteFile, start: int, end: int) -> Iterator[memoryview]:
+        url, headers = self._file_url(file)
+        return read_range_blocking(url, headers, start, end, f"{self.describe()}/{file.path}")
 
     async def close(self) -> None:
         if self._session is not None:
