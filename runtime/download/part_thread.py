@@ -5,12 +5,18 @@ its asyncio API (no hand-off to the event loop per chunk, no thread hand-off per
 part in memory. The event loop only starts the thread and waits for it. What the thread does:
 
 - pulls chunks from the reader and `pwrite`s each at its offset (through a duplicate of the file's fd, so the
-  caller may close its own whenever it likes), feeds the file's `ContentDigest`, and advances `PartCursor.offset`
-  after each write: when the reader fails, the caller retries from there;
+  caller may close its own whenever it likes; one write at a time per file, see below), feeds the file's
+  `ContentDigest`, and advances `PartCursor.offset` after each write: when the reader fails, the caller retries
+  from there;
 - reports bytes to the event loop in batches (`call_soon_threadsafe` every `REPORT_EVERY` bytes and at the end),
   and starts the disk write of each batch (writeback.py);
 - stops at the next chunk once the awaiting task is cancelled. Threads are daemons: a reader blocked on a stalled
   connection (bounded by the store's own timeout) never delays the process's exit.
+
+Writes to one file are serialized by `write_lock` (one per file): the kernel serializes them anyway (ext4 holds the
+inode's lock for the copy), but its waiters spin on a CPU while the holder copies. On this 2-vCPU VM, after other
+files were just freed, copies into new page-cache pages are slow and 8 part threads spinning on 2 files cost twice
+the CPU of the whole download (15 % of samples in `rwsem_spin_on_owner`); waiting on a Python lock sleeps instead.
 
 glibc gives every thread that allocates its own malloc arena (up to 8 per core), and each keeps the chunks freed in
 it: 8 part threads held ~14 MiB more at peak than 2 arenas do. Before the first thread starts, the process is
@@ -54,6 +60,7 @@ async def copy_in_thread(
     on_bytes: Callable[[int], None],
     digest: ContentDigest | None,
     what: str,
+    write_lock: threading.Lock | None = None,
 ) -> None:
     """Copy `reader`'s chunks to `fd` from `cursor.offset` up to `end` in a new thread; returns when the reader
     is exhausted, raises what the thread raised (or CancelledError: the thread then stops at its next chunk)."""
@@ -78,7 +85,7 @@ async def copy_in_thread(
     def run() -> None:
         error: BaseException | None = None
         try:
-            _copy(reader, own_fd, cursor, end, stop, report, digest, what)
+            _copy(reader, own_fd, cursor, end, stop, report, digest, what, write_lock or threading.Lock())
         except _Stopped:
             pass
         except BaseException as exc:  # handed to the awaiting task as it is
@@ -121,6 +128,7 @@ def _copy(
     report: Callable[[int], None],
     digest: ContentDigest | None,
     what: str,
+    write_lock: threading.Lock,
 ) -> None:
     unreported = 0
     try:
@@ -133,8 +141,9 @@ def _copy(
             if offset + size > end:
                 raise DownloadError(f"{what}: the source sent more bytes than asked for", reason="size")
             written = 0
-            while written < size:
-                written += os.pwrite(fd, view[written:], offset + written)
+            with write_lock:
+                while written < size:
+                    written += os.pwrite(fd, view[written:], offset + written)
             if digest is not None:
                 digest.written(offset, (view,))
             cursor.offset = offset + size

@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -323,13 +324,14 @@ class _Transfer:
             raise disk_error(exc, partial) from None
         state = _PartState(state_path, remote, self._part_size(remote), done) if len(parts) > 1 else None
         digest: ContentDigest | None = None
+        write_lock = threading.Lock()  # one write at a time into this file (see part_thread.py)
         try:
             os.ftruncate(fd, remote.size)
             digest = ContentDigest.for_remote(remote, fd)
             if digest is not None:
                 for index in done:
                     digest.record(*parts[index])
-            await self._fill(remote, fd, parts, done, state, digest)
+            await self._fill(remote, fd, parts, done, state, digest, write_lock)
             await asyncio.to_thread(os.fsync, fd)
             if not await asyncio.to_thread(same_file, fd, partial):
                 raise _TakenOver()
@@ -359,6 +361,7 @@ class _Transfer:
         done: set[int],
         state: _PartState | None,
         digest: ContentDigest | None,
+        write_lock: threading.Lock,
     ) -> None:
         """Every part not done yet into `fd`: copied inside the kernel from a local source, else fetched."""
         place = getattr(self._backend, "place_file", None)
@@ -368,7 +371,7 @@ class _Transfer:
         async with asyncio.TaskGroup() as group:
             for index, (start, end) in enumerate(parts):
                 if index not in done:
-                    group.create_task(self._fetch_part(remote, fd, index, start, end, state, digest))
+                    group.create_task(self._fetch_part(remote, fd, index, start, end, state, digest, write_lock))
 
     async def _verify_and_place(
         self, remote: RemoteFile, partial: Path, state_path: Path, final: Path, digest: ContentDigest | None
@@ -406,6 +409,7 @@ class _Transfer:
         end: int,
         state: _PartState | None,
         digest: ContentDigest | None,
+        write_lock: threading.Lock,
     ) -> None:
         offset = start
         failures = 0
@@ -418,21 +422,23 @@ class _Transfer:
                         cursor = PartCursor(offset)
                         try:
                             reader = blocking(remote, offset, end)
-                            await copy_in_thread(reader, fd, cursor, end, self._progress.add_bytes, digest, remote.path)
+                            await copy_in_thread(
+                                reader, fd, cursor, end, self._progress.add_bytes, digest, remote.path, write_lock
+                            )
                         finally:
                             offset = cursor.offset
                     else:
                         async for chunk in self._backend.read_range(remote, offset, end):
                             pending.add(chunk)
                             if pending.size >= WRITE_CHUNK:
-                                offset = await self._write(fd, pending, offset, end, remote, digest)
+                                offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
                         if pending.size:
-                            offset = await self._write(fd, pending, offset, end, remote, digest)
+                            offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
                     if offset != end:
                         raise RetryableError(f"the source sent {offset - start} of {end - start} bytes")
                 except RetryableError as exc:
                     if pending.size:
-                        offset = await self._write(fd, pending, offset, end, remote, digest)
+                        offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
                     failures += 1
                     if failures > self._settings.retries:
                         raise DownloadError(f"{exc} (gave up after {failures} attempts)", reason=exc.reason) from None
@@ -457,12 +463,19 @@ class _Transfer:
         return delay
 
     async def _write(
-        self, fd: int, pending: _Pending, offset: int, end: int, remote: RemoteFile, digest: ContentDigest | None
+        self,
+        fd: int,
+        pending: _Pending,
+        offset: int,
+        end: int,
+        remote: RemoteFile,
+        digest: ContentDigest | None,
+        write_lock: threading.Lock,
     ) -> int:
         size = pending.size
         if offset + size > end:
             raise DownloadError(f"{remote.path}: the source sent more bytes than asked for", reason="size")
-        await asyncio.to_thread(_write_and_feed, fd, pending.take(), offset, digest)
+        await asyncio.to_thread(_write_and_feed, fd, pending.take(), offset, digest, write_lock)
         self._progress.add_bytes(size)
         return offset + size
 
@@ -483,8 +496,11 @@ class _Pending:
         return chunks
 
 
-def _write_and_feed(fd: int, chunks: list[Chunk], offset: int, digest: ContentDigest | None) -> None:
-    written = _pwrite_all(fd, chunks, offset)
+def _write_and_feed(
+    fd: int, chunks: list[Chunk], offset: int, digest: ContentDigest | None, write_lock: threading.Lock
+) -> None:
+    with write_lock:
+        written = _pwrite_all(fd, chunks, offset)
     start_writeback(fd, offset, written)
     if digest is not None:
         digest.written(offset, chunks)

@@ -10,7 +10,6 @@ no ctypes) it does nothing.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable
 
@@ -19,6 +18,8 @@ SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    import ctypes  # on first use: a sidecar that never downloads does not load it
+
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
