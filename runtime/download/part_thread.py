@@ -4,19 +4,13 @@ An object store read through obstore's blocking API in a thread costs about half
 its asyncio API (no hand-off to the event loop per chunk, no thread hand-off per write) and holds one chunk per
 part in memory. The event loop only starts the thread and waits for it. What the thread does:
 
-- pulls chunks from the reader and `pwrite`s each at its offset (through a duplicate of the file's fd, so the
-  caller may close its own whenever it likes; one write at a time per file, see below), feeds the file's
-  `ContentDigest`, and advances `PartCursor.offset` after each write: when the reader fails, the caller retries
-  from there;
+- pulls chunks from the reader and writes each at its offset (`PartialFile.write`: one write at a time per file,
+  fed to the file's checksum) through a duplicate of the file's fd, so the caller may close its own whenever it
+  likes, and advances `PartCursor.offset` after each write: when the reader fails, the caller retries from there;
 - reports bytes to the event loop in batches (`call_soon_threadsafe` every `REPORT_EVERY` bytes and at the end),
   and starts the disk write of each batch (writeback.py);
 - stops at the next chunk once the awaiting task is cancelled. Threads are daemons: a reader blocked on a stalled
   connection (bounded by the store's own timeout) never delays the process's exit.
-
-Writes to one file are serialized by `write_lock` (one per file): the kernel serializes them anyway (ext4 holds the
-inode's lock for the copy), but its waiters spin on a CPU while the holder copies. On this 2-vCPU VM, after other
-files were just freed, copies into new page-cache pages are slow and 8 part threads spinning on 2 files cost twice
-the CPU of the whole download (15 % of samples in `rwsem_spin_on_owner`); waiting on a Python lock sleeps instead.
 
 glibc gives every thread that allocates its own malloc arena (up to 8 per core), and each keeps the chunks freed in
 it: 8 part threads held ~14 MiB more at peak than 2 arenas do. Before the first thread starts, the process is
@@ -31,10 +25,10 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runtime.download.backends.base import Chunk
-from runtime.download.digest import ContentDigest
+from runtime.download.partial_file import PartialFile
 from runtime.download.writeback import start_writeback
 from runtime.errors import DownloadError
 
@@ -54,21 +48,19 @@ class _Stopped(Exception):
 
 async def copy_in_thread(
     reader: Iterator[Chunk],
-    fd: int,
+    file: PartialFile,
     cursor: PartCursor,
     end: int,
     on_bytes: Callable[[int], None],
-    digest: ContentDigest | None,
     what: str,
-    write_lock: threading.Lock | None = None,
 ) -> None:
-    """Copy `reader`'s chunks to `fd` from `cursor.offset` up to `end` in a new thread; returns when the reader
+    """Copy `reader`'s chunks to `file` from `cursor.offset` up to `end` in a new thread; returns when the reader
     is exhausted, raises what the thread raised (or CancelledError: the thread then stops at its next chunk)."""
     _limit_malloc_arenas()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     stop = threading.Event()
-    own_fd = os.dup(fd)
+    own = replace(file, fd=os.dup(file.fd))  # the same lock and digest
 
     def settle(error: BaseException | None) -> None:
         if done.cancelled():
@@ -85,13 +77,13 @@ async def copy_in_thread(
     def run() -> None:
         error: BaseException | None = None
         try:
-            _copy(reader, own_fd, cursor, end, stop, report, digest, what, write_lock or threading.Lock())
+            _copy(reader, own, cursor, end, stop, report, what)
         except _Stopped:
             pass
         except BaseException as exc:  # handed to the awaiting task as it is
             error = exc
         finally:
-            os.close(own_fd)
+            os.close(own.fd)
             close = getattr(reader, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):  # the outcome is decided already
@@ -121,36 +113,28 @@ def _limit_malloc_arenas() -> None:
 
 def _copy(
     reader: Iterator[Chunk],
-    fd: int,
+    file: PartialFile,
     cursor: PartCursor,
     end: int,
     stop: threading.Event,
     report: Callable[[int], None],
-    digest: ContentDigest | None,
     what: str,
-    write_lock: threading.Lock,
 ) -> None:
     unreported = 0
     try:
         for chunk in reader:
             if stop.is_set():
                 raise _Stopped()
-            view = memoryview(chunk).cast("B")
-            size = view.nbytes
+            size = memoryview(chunk).nbytes
             offset = cursor.offset
             if offset + size > end:
                 raise DownloadError(f"{what}: the source sent more bytes than asked for", reason="size")
-            written = 0
-            with write_lock:
-                while written < size:
-                    written += os.pwrite(fd, view[written:], offset + written)
-            if digest is not None:
-                digest.written(offset, (view,))
+            file.write(offset, (chunk,))
             cursor.offset = offset + size
             unreported += size
             if unreported >= REPORT_EVERY:
                 report(unreported)
-                start_writeback(fd, cursor.offset - unreported, unreported)
+                start_writeback(file.fd, cursor.offset - unreported, unreported)
                 unreported = 0
     finally:
         if unreported:

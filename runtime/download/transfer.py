@@ -30,7 +30,6 @@ import errno
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from runtime.download.lease import RunLease, same_file
 from runtime.download.lock import DirectoryLock
 from runtime.download.manifest import Manifest
 from runtime.download.part_thread import PartCursor, copy_in_thread
+from runtime.download.partial_file import PartialFile
 from runtime.download.writeback import start_writeback
 from runtime.errors import DownloadError, RetryableError
 
@@ -53,7 +53,6 @@ log = logging.getLogger("airuntime.download")
 
 MIB = 1024 * 1024
 WRITE_CHUNK = 1 * MIB
-IOV_MAX = 1024
 HASH_CHUNK = 8 * MIB
 MANIFEST_SAVE_INTERVAL = 1.0
 CLAIM_POLL = 0.5  # seconds between looks at a file another run is writing
@@ -232,7 +231,7 @@ class _Transfer:
         if entry is not None and self._manifest.unchanged_on_disk(entry, path):
             return True
         # Not recorded, or changed on disk since: trust it only if its content checks out.
-        if not path.is_file() or path.stat().st_size != remote.size or not _has_checksum(remote):
+        if not path.is_file() or path.stat().st_size != remote.size or expected_checksum(remote) is None:
             return False
         problem = await asyncio.to_thread(_verify, path, remote)
         if problem is not None:
@@ -324,14 +323,13 @@ class _Transfer:
             raise disk_error(exc, partial) from None
         state = _PartState(state_path, remote, self._part_size(remote), done) if len(parts) > 1 else None
         digest: ContentDigest | None = None
-        write_lock = threading.Lock()  # one write at a time into this file (see part_thread.py)
         try:
             os.ftruncate(fd, remote.size)
             digest = ContentDigest.for_remote(remote, fd)
             if digest is not None:
                 for index in done:
                     digest.record(*parts[index])
-            await self._fill(remote, fd, parts, done, state, digest, write_lock)
+            await self._fill(remote, PartialFile(fd, digest), parts, done, state)
             await asyncio.to_thread(os.fsync, fd)
             if not await asyncio.to_thread(same_file, fd, partial):
                 raise _TakenOver()
@@ -356,22 +354,20 @@ class _Transfer:
     async def _fill(
         self,
         remote: RemoteFile,
-        fd: int,
+        file: PartialFile,
         parts: list[tuple[int, int]],
         done: set[int],
         state: _PartState | None,
-        digest: ContentDigest | None,
-        write_lock: threading.Lock,
     ) -> None:
-        """Every part not done yet into `fd`: copied inside the kernel from a local source, else fetched."""
+        """Every part not done yet into `file`: copied inside the kernel from a local source, else fetched."""
         place = getattr(self._backend, "place_file", None)
-        if place is not None and not done and await place(remote, fd):
+        if place is not None and not done and await place(remote, file.fd):
             self._progress.add_bytes(remote.size)
             return
         async with asyncio.TaskGroup() as group:
             for index, (start, end) in enumerate(parts):
                 if index not in done:
-                    group.create_task(self._fetch_part(remote, fd, index, start, end, state, digest, write_lock))
+                    group.create_task(self._fetch_part(remote, file, index, start, end, state))
 
     async def _verify_and_place(
         self, remote: RemoteFile, partial: Path, state_path: Path, final: Path, digest: ContentDigest | None
@@ -403,13 +399,11 @@ class _Transfer:
     async def _fetch_part(
         self,
         remote: RemoteFile,
-        fd: int,
+        file: PartialFile,
         index: int,
         start: int,
         end: int,
         state: _PartState | None,
-        digest: ContentDigest | None,
-        write_lock: threading.Lock,
     ) -> None:
         offset = start
         failures = 0
@@ -422,23 +416,21 @@ class _Transfer:
                         cursor = PartCursor(offset)
                         try:
                             reader = blocking(remote, offset, end)
-                            await copy_in_thread(
-                                reader, fd, cursor, end, self._progress.add_bytes, digest, remote.path, write_lock
-                            )
+                            await copy_in_thread(reader, file, cursor, end, self._progress.add_bytes, remote.path)
                         finally:
                             offset = cursor.offset
                     else:
                         async for chunk in self._backend.read_range(remote, offset, end):
                             pending.add(chunk)
                             if pending.size >= WRITE_CHUNK:
-                                offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
+                                offset = await self._write(file, pending, offset, end, remote)
                         if pending.size:
-                            offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
+                            offset = await self._write(file, pending, offset, end, remote)
                     if offset != end:
                         raise RetryableError(f"the source sent {offset - start} of {end - start} bytes")
                 except RetryableError as exc:
                     if pending.size:
-                        offset = await self._write(fd, pending, offset, end, remote, digest, write_lock)
+                        offset = await self._write(file, pending, offset, end, remote)
                     failures += 1
                     if failures > self._settings.retries:
                         raise DownloadError(f"{exc} (gave up after {failures} attempts)", reason=exc.reason) from None
@@ -462,20 +454,11 @@ class _Transfer:
             delay = max(delay, min(exc.retry_after, settings.retry_after_cap))
         return delay
 
-    async def _write(
-        self,
-        fd: int,
-        pending: _Pending,
-        offset: int,
-        end: int,
-        remote: RemoteFile,
-        digest: ContentDigest | None,
-        write_lock: threading.Lock,
-    ) -> int:
+    async def _write(self, file: PartialFile, pending: _Pending, offset: int, end: int, remote: RemoteFile) -> int:
         size = pending.size
         if offset + size > end:
             raise DownloadError(f"{remote.path}: the source sent more bytes than asked for", reason="size")
-        await asyncio.to_thread(_write_and_feed, fd, pending.take(), offset, digest, write_lock)
+        await asyncio.to_thread(_write_and_start_writeback, file, pending.take(), offset)
         self._progress.add_bytes(size)
         return offset + size
 
@@ -496,29 +479,8 @@ class _Pending:
         return chunks
 
 
-def _write_and_feed(
-    fd: int, chunks: list[Chunk], offset: int, digest: ContentDigest | None, write_lock: threading.Lock
-) -> None:
-    with write_lock:
-        written = _pwrite_all(fd, chunks, offset)
-    start_writeback(fd, offset, written)
-    if digest is not None:
-        digest.written(offset, chunks)
-
-
-def _pwrite_all(fd: int, chunks: list[Chunk], offset: int) -> int:
-    """Write every chunk at `offset`, looping over short writes; returns the bytes written."""
-    views = [memoryview(chunk).cast("B") for chunk in chunks]
-    total = sum(view.nbytes for view in views)
-    while views:
-        written = os.pwritev(fd, views[:IOV_MAX], offset)
-        offset += written
-        while views and written >= views[0].nbytes:
-            written -= views[0].nbytes
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
-    return total
+def _write_and_start_writeback(file: PartialFile, chunks: list[Chunk], offset: int) -> None:
+    start_writeback(file.fd, offset, file.write(offset, chunks))
 
 
 class _ChecksumMismatch(Exception):
@@ -617,10 +579,6 @@ def _split(size: int, part_size: int) -> list[tuple[int, int]]:
     if size == 0:
         return []
     return [(start, min(start + part_size, size)) for start in range(0, size, part_size)]
-
-
-def _has_checksum(remote: RemoteFile) -> bool:
-    return bool(remote.sha256 or remote.md5 or remote.git_sha1)
 
 
 def _verify_written(path: Path, remote: RemoteFile, digest: ContentDigest | None) -> str | None:

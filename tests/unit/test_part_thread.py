@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime.download.part_thread import REPORT_EVERY, PartCursor, copy_in_thread
+from runtime.download.partial_file import PartialFile
 from runtime.errors import DownloadError, RetryableError
 
 MIB = 1024 * 1024
@@ -32,7 +33,7 @@ def test_chunks_land_at_their_offsets_and_every_byte_is_reported(tmp_path: Path)
             yield data[start : start + 300_000]
 
     cursor = PartCursor(100)
-    asyncio.run(copy_in_thread(reader(), fd, cursor, 100 + len(data), reported.append, None, "f"))
+    asyncio.run(copy_in_thread(reader(), PartialFile(fd), cursor, 100 + len(data), reported.append, "f"))
     assert cursor.offset == 100 + len(data)
     assert os.pread(fd, len(data), 100) == data
     assert sum(reported) == len(data) and len(reported) <= 5  # in batches, not per chunk
@@ -50,7 +51,7 @@ def test_a_reader_failing_midway_leaves_the_cursor_at_the_byte_reached(tmp_path:
     cursor = PartCursor(0)
     reported: list[int] = []
     with pytest.raises(RetryableError, match="dropped"):
-        asyncio.run(copy_in_thread(reader(), fd, cursor, 10 * MIB, reported.append, None, "f"))
+        asyncio.run(copy_in_thread(reader(), PartialFile(fd), cursor, 10 * MIB, reported.append, "f"))
     assert cursor.offset == 2 * MIB and sum(reported) == 2 * MIB
     assert os.pread(fd, 1, 2 * MIB - 1) == b"b"
     os.close(fd)
@@ -59,7 +60,7 @@ def test_a_reader_failing_midway_leaves_the_cursor_at_the_byte_reached(tmp_path:
 def test_a_source_sending_more_than_asked_is_an_error(tmp_path: Path) -> None:
     fd = _fd(tmp_path, 10)
     with pytest.raises(DownloadError, match="more bytes than asked for"):
-        asyncio.run(copy_in_thread(iter([b"x" * 11]), fd, PartCursor(0), 10, lambda n: None, None, "f"))
+        asyncio.run(copy_in_thread(iter([b"x" * 11]), PartialFile(fd), PartCursor(0), 10, lambda n: None, "f"))
     os.close(fd)
 
 
@@ -82,7 +83,7 @@ def test_cancelling_the_awaiting_task_stops_the_thread_at_its_next_chunk(tmp_pat
     cursor = PartCursor(0)
 
     async def main() -> None:
-        task = asyncio.create_task(copy_in_thread(reader(), fd, cursor, 100 * MIB, lambda n: None, None, "f"))
+        task = asyncio.create_task(copy_in_thread(reader(), PartialFile(fd), cursor, 100 * MIB, lambda n: None, "f"))
         await asyncio.to_thread(pulled.wait, 5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -106,5 +107,5 @@ def test_the_thread_writes_through_its_own_fd(tmp_path: Path) -> None:
         yield b"b" * MIB
 
     cursor = PartCursor(0)
-    asyncio.run(copy_in_thread(reader(), fd, cursor, 2 * MIB, lambda n: None, None, "f"))
+    asyncio.run(copy_in_thread(reader(), PartialFile(fd), cursor, 2 * MIB, lambda n: None, "f"))
     assert (tmp_path / "f").read_bytes() == b"a" * MIB + b"b" * MIB

@@ -7,28 +7,27 @@ per network read, no join), and nothing passes through the event loop. Each chun
 valid until the next one is asked for: the caller writes it (and feeds the digest) before it asks.
 
 Answers are read as http_range.py reads them: 206 for the asked range (a 200 is skipped to the start), statuses
-through `status_error` (429 and 5xx retried, Retry-After passed on), connection failures as one-line
-RetryableErrors naming the host. Redirects are followed (up to 10); the Authorization header is not sent to another
-origin (the Hub sends LFS files to a CDN with signed URLs). TLS uses the default trust store (`SSL_CERT_FILE` as
-for aiohttp). A proxy in the environment (HTTPS_PROXY and friends, NO_PROXY) is not spoken here: `is_direct` tells
-the backends to keep the aiohttp path for such URLs.
+through `status_error` (429 and 5xx retried, Retry-After passed on), connection failures as one-line RetryableErrors
+naming the host (`connection_error`, shared with the aiohttp path). Redirects are followed (up to 10); the
+Authorization header is not sent to another origin (the Hub sends LFS files to a CDN with signed URLs). TLS uses the
+default trust store (`SSL_CERT_FILE` as for aiohttp). A proxy in the environment (HTTPS_PROXY and friends, NO_PROXY)
+is not spoken here: `is_direct` tells the backends to keep the aiohttp path for such URLs.
 """
 
 from __future__ import annotations
 
 import functools
 import http.client
-import socket
 import ssl
 import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
-from runtime.download.backends.http_range import parse_content_range, status_error
+from runtime.download.backends.http_range import READ_TIMEOUT, connection_error, parse_content_range, status_error
 from runtime.errors import DownloadError, RetryableError
 
 BUFFER = 1024 * 1024
-TIMEOUT = 60.0  # seconds without a byte (and to connect), as the aiohttp path's sock_read
+TIMEOUT = READ_TIMEOUT.sock_read  # seconds without a byte (and to connect), as on the aiohttp path
 REDIRECTS = 10
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
@@ -49,10 +48,9 @@ def _tls_context() -> ssl.SSLContext:
 
 def read_range_blocking(url: str, headers: dict[str, str], start: int, end: int, what: str) -> Iterator[memoryview]:
     """Bytes [start, end) of `url`, as views of one reused buffer. Blocking: call from a thread."""
-    host = urlsplit(url).hostname or url
     connection: http.client.HTTPConnection | None = None
     try:
-        connection, response, host = _open(url, headers, start, end, what)
+        connection, response, url = _open(url, headers, start, end, what)
         if response.status not in (200, 206):
             retry_after = response.getheader("Retry-After")
             raise status_error(response.status, what, {"Retry-After": retry_after} if retry_after else None)
@@ -71,7 +69,7 @@ def read_range_blocking(url: str, headers: dict[str, str], start: int, end: int,
             remaining -= read
             yield buffer[:read]
     except (OSError, http.client.HTTPException) as exc:
-        raise _connection_error(exc, host, what) from None
+        raise connection_error(exc, url, what) from None
     finally:
         if connection is not None:
             connection.close()
@@ -100,7 +98,7 @@ def _open(
             raise
         location = response.getheader("Location")
         if response.status not in _REDIRECT_STATUSES or not location:
-            return connection, response, host
+            return connection, response, url
         connection.close()
         target = urljoin(url, location)
         if _origin(target) != _origin(url):
@@ -123,17 +121,3 @@ def _skip(response: http.client.HTTPResponse, start: int, end: int, what: str) -
             raise RetryableError(f"{what}: asked for bytes {start}-{end - 1}, got Content-Range {shown}")
         return 0
     return start
-
-
-def _connection_error(exc: BaseException, host: str, what: str) -> RetryableError:
-    """One line naming the host and what happened (as http_range.connection_error does for aiohttp)."""
-    if isinstance(exc, socket.gaierror):
-        return RetryableError(f"{what}: cannot resolve host {host}")
-    if isinstance(exc, ConnectionRefusedError):
-        return RetryableError(f"{what}: cannot connect to {host}: connection refused")
-    if isinstance(exc, TimeoutError):
-        return RetryableError(f"{what}: no data from {host} for {TIMEOUT:g}s")
-    if isinstance(exc, http.client.IncompleteRead | ConnectionError | ssl.SSLEOFError | http.client.BadStatusLine):
-        return RetryableError(f"{what}: connection to {host} dropped mid-transfer")
-    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return RetryableError(f"{what}: {type(exc).__name__} from {host}" + (f": {detail}" if detail else ""))

@@ -6,6 +6,9 @@ name the status or the host, never a header value such as a token."""
 from __future__ import annotations
 
 import email.utils
+import http.client
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
@@ -16,6 +19,7 @@ import aiohttp
 from runtime.errors import DownloadError, RetryableError
 
 READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+_CUT_BODY = http.client.IncompleteRead | http.client.BadStatusLine | ssl.SSLEOFError  # http.client: dropped reads
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -67,16 +71,19 @@ def status_error(status: int, what: str, headers: Mapping[str, str] | None = Non
 
 
 def connection_error(exc: BaseException, url: str, what: str) -> RetryableError:
-    """A one-line description of a failed connection or read: which host, and what happened."""
+    """A one-line description of a failed connection or read, from aiohttp or from http.client (blocking_http.py):
+    which host, and what happened."""
     host = urlsplit(url).hostname or url
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
         return RetryableError(f"{what}: cannot resolve host {host}")
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else "cannot connect"
         return RetryableError(f"{what}: cannot connect to {host}: {reason.lower()}")
+    if isinstance(exc, ConnectionRefusedError):
+        return RetryableError(f"{what}: cannot connect to {host}: connection refused")
     if isinstance(exc, TimeoutError):
         return RetryableError(f"{what}: no data from {host} for {READ_TIMEOUT.sock_read:g}s")
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionError):
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionError | _CUT_BODY):
         return RetryableError(f"{what}: connection to {host} dropped mid-transfer")
     detail = str(exc).splitlines()[0][:200] if str(exc) else ""
     return RetryableError(f"{what}: {type(exc).__name__} from {host}" + (f": {detail}" if detail else ""))
